@@ -1,0 +1,4 @@
+//! River's process protocol.
+
+pub mod messages;
+pub use messages::*;

@@ -1,0 +1,89 @@
+//! What the master, the workers and riverctl say to each other.
+
+use river_config::{Config, ListenAddress};
+use serde::{Deserialize, Serialize};
+
+/// Master -> worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// The first message on a worker's channel. The frame carries one listening
+    /// fd per entry of `listeners`, in the same order.
+    Hello(Box<Hello>),
+    /// Stop accepting, finish what is in flight, exit when idle. The master
+    /// enforces the deadline itself (TERM, then KILL); this is for logging.
+    Drain { deadline_secs: u64 },
+    /// Reopen the access log (SIGUSR1).
+    ReopenLogs,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub generation: u64,
+    pub worker_index: usize,
+    pub config: Config,
+    pub listeners: Vec<ListenAddress>,
+}
+
+/// Worker -> master.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// Every service is accepting on its inherited sockets.
+    Ready { pid: u32 },
+    /// The worker could not start; it exits after sending this.
+    Failed { error: String },
+    /// Periodic: open downstream connections.
+    Load { connections: u64 },
+}
+
+/// riverctl -> master, on the control socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// `wait`: answer only once the reload succeeded or was rolled back.
+    Reload { wait: bool },
+    Status,
+    Stop { graceful: bool },
+    ReopenLogs,
+}
+
+/// master -> riverctl.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ControlResponse {
+    Reloaded { generation: u64, workers: usize, millis: u64 },
+    /// Validation, bind or worker start-up failed; the serving generation is unchanged.
+    ReloadFailed { error: String },
+    /// A request that needs no more answer than "done" (stop, reopen-logs, reload without wait).
+    Accepted,
+    Status(StatusReport),
+    /// The request could not be served (refused peer, malformed request).
+    Error { message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub master_pid: u32,
+    pub generations: Vec<GenerationStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationStatus {
+    pub generation: u64,
+    pub state: GenerationState,
+    pub workers: Vec<WorkerStatus>,
+    /// Seconds left before a draining generation is killed.
+    pub drain_deadline_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GenerationState {
+    Starting,
+    Serving,
+    Draining,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub pid: u32,
+    pub rss_bytes: u64,
+    pub connections: u64,
+}
