@@ -1,1 +1,30 @@
-//! Shared helpers for the integration tests.
+//! Shared pieces of the integration tests: a real upstream server, a strict
+//! HTTP/1.1 client (no retries, so every failure counts), and a handle on a
+//! running `river` master.
+
+pub mod client;
+pub mod river;
+pub mod upstream;
+
+use std::time::{Duration, Instant};
+
+/// A port that was free a moment ago on 127.0.0.1. River must be told its port
+/// in the config, so tests cannot simply bind port 0 inside River.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}
+
+/// Poll `check` until it returns Some, or panic with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -153,9 +153,14 @@ pub enum SelectionKey {
 pub enum HealthCheck {
     None,
     /// A TCP connect every `interval_ms`.
-    Tcp { interval_ms: u64 },
+    Tcp {
+        interval_ms: u64,
+    },
     /// `GET path` every `interval_ms`; healthy on 2xx.
-    Http { path: String, interval_ms: u64 },
+    Http {
+        path: String,
+        interval_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

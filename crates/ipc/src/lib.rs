@@ -1,4 +1,15 @@
-//! River's process protocol.
+//! River's process protocol: the messages ([`messages`]), their wire format
+//! ([`frame`]) and the transport over Unix sockets with SCM_RIGHTS ([`channel`]).
 
+pub mod channel;
+mod error;
+pub mod frame;
 pub mod messages;
+
+pub use channel::{request_blocking, socketpair, Channel};
+pub use error::IpcError;
+pub use frame::{
+    encode, FrameDecoder, FrameHeader, RawFrame, HEADER_LEN, MAX_FDS_PER_FRAME, MAX_FRAME_LEN,
+    PROTOCOL_VERSION,
+};
 pub use messages::*;

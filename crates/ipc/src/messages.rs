@@ -12,6 +12,9 @@ pub enum ToWorker {
     /// Stop accepting, finish what is in flight, exit when idle. The master
     /// enforces the deadline itself (TERM, then KILL); this is for logging.
     Drain { deadline_secs: u64 },
+    /// Graceful shutdown (SIGQUIT): as `Drain`, but idle keep-alive connections
+    /// are closed at once, since no generation takes over.
+    Quit,
     /// Reopen the access log (SIGUSR1).
     ReopenLogs,
 }
@@ -39,23 +42,35 @@ pub enum FromWorker {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControlRequest {
     /// `wait`: answer only once the reload succeeded or was rolled back.
-    Reload { wait: bool },
+    Reload {
+        wait: bool,
+    },
     Status,
-    Stop { graceful: bool },
+    Stop {
+        graceful: bool,
+    },
     ReopenLogs,
 }
 
 /// master -> riverctl.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ControlResponse {
-    Reloaded { generation: u64, workers: usize, millis: u64 },
+    Reloaded {
+        generation: u64,
+        workers: usize,
+        millis: u64,
+    },
     /// Validation, bind or worker start-up failed; the serving generation is unchanged.
-    ReloadFailed { error: String },
+    ReloadFailed {
+        error: String,
+    },
     /// A request that needs no more answer than "done" (stop, reopen-logs, reload without wait).
     Accepted,
     Status(StatusReport),
     /// The request could not be served (refused peer, malformed request).
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,129 @@
+//! The control socket riverctl talks to: one request, one answer per connection.
+//! Only root and the master's own uid may use it (SO_PEERCRED), on top of the
+//! socket file's 0600 mode.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use river_ipc::{Channel, ControlRequest, ControlResponse};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::supervisor::Command;
+
+pub struct ControlSocket {
+    path: PathBuf,
+    listener: UnixListener,
+}
+
+impl ControlSocket {
+    /// Bind `path` with mode 0600. A stale socket file is replaced.
+    pub fn bind(path: &Path) -> std::io::Result<ControlSocket> {
+        if std::fs::symlink_metadata(path).is_ok() {
+            std::fs::remove_file(path)?;
+        }
+        let listener = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(ControlSocket {
+            path: path.to_owned(),
+            listener,
+        })
+    }
+
+    /// Serve requests until the master's loop goes away.
+    pub async fn serve(self, commands: mpsc::UnboundedSender<Command>) {
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, _)) => {
+                    let commands = commands.clone();
+                    tokio::spawn(async move {
+                        if let Err(err) = handle(stream, commands).await {
+                            tracing::debug!(error = %err, "control connection failed");
+                        }
+                    });
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "control socket accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn peer_allowed(stream: &UnixStream) -> Result<(), String> {
+    let cred = stream
+        .peer_cred()
+        .map_err(|err| format!("cannot read peer credentials: {err}"))?;
+    let own = nix::unistd::geteuid().as_raw();
+    if cred.uid() == 0 || cred.uid() == own {
+        Ok(())
+    } else {
+        Err(format!(
+            "permission denied: uid {} may not control this master (only root and uid {own})",
+            cred.uid()
+        ))
+    }
+}
+
+async fn handle(
+    stream: UnixStream,
+    commands: mpsc::UnboundedSender<Command>,
+) -> Result<(), river_ipc::IpcError> {
+    let allowed = peer_allowed(&stream);
+    let channel = Channel::new(OwnedFd::from(stream.into_std()?))?;
+    if let Err(message) = allowed {
+        tracing::warn!("{message}");
+        return channel.send(&ControlResponse::Error { message }, &[]).await;
+    }
+    let request = match channel.recv::<ControlRequest>().await {
+        Ok(Some((request, _))) => request,
+        Ok(None) => return Ok(()),
+        Err(err) => {
+            let message = format!("malformed request: {err}");
+            return channel.send(&ControlResponse::Error { message }, &[]).await;
+        }
+    };
+    let gone = || ControlResponse::Error {
+        message: "the master is shutting down".into(),
+    };
+    let response = match request {
+        ControlRequest::Reload { wait: true } => {
+            let (reply, answer) = oneshot::channel();
+            let sent = commands.send(Command::Reload { reply: Some(reply) });
+            match sent {
+                Ok(()) => answer.await.unwrap_or_else(|_| gone()),
+                Err(_) => gone(),
+            }
+        }
+        ControlRequest::Reload { wait: false } => {
+            ack(commands.send(Command::Reload { reply: None }))
+        }
+        ControlRequest::Status => {
+            let (reply, answer) = oneshot::channel();
+            match commands.send(Command::Status { reply }) {
+                Ok(()) => answer.await.unwrap_or_else(|_| gone()),
+                Err(_) => gone(),
+            }
+        }
+        ControlRequest::Stop { graceful } => ack(commands.send(Command::Stop { graceful })),
+        ControlRequest::ReopenLogs => ack(commands.send(Command::ReopenLogs)),
+    };
+    channel.send(&response, &[]).await
+}
+
+fn ack<T>(sent: Result<(), mpsc::error::SendError<T>>) -> ControlResponse {
+    match sent {
+        Ok(()) => ControlResponse::Accepted,
+        Err(_) => ControlResponse::Error {
+            message: "the master is shutting down".into(),
+        },
+    }
+}

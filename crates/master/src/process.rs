@@ -1,0 +1,152 @@
+//! Starting a worker: re-execute this binary with one inherited descriptor, its
+//! end of a socketpair, then send it the generation's config and sockets.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::process::Stdio;
+use std::sync::Arc;
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use river_config::Config;
+use river_ipc::{Channel, FromWorker, Hello, IpcError, ToWorker};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::listeners::SharedSocket;
+
+/// The descriptor number of the IPC channel in a worker.
+pub const WORKER_IPC_FD: RawFd = 3;
+
+/// What a worker's watcher task reports to the master's loop.
+#[derive(Debug)]
+pub enum WorkerEvent {
+    Message {
+        generation: u64,
+        index: usize,
+        pid: u32,
+        message: FromWorker,
+    },
+    Exited {
+        generation: u64,
+        index: usize,
+        pid: u32,
+        status: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot start worker process: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("cannot send the worker its configuration: {0}")]
+    Ipc(#[from] IpcError),
+}
+
+/// The master's handle on a running worker.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    pub pid: u32,
+    channel: Arc<Channel>,
+}
+
+impl WorkerHandle {
+    /// Send without blocking the master's loop on a slow worker.
+    pub fn send(&self, message: ToWorker) {
+        let channel = self.channel.clone();
+        let pid = self.pid;
+        tokio::spawn(async move {
+            if let Err(err) = channel.send(&message, &[]).await {
+                tracing::debug!(pid, error = %err, "could not message worker");
+            }
+        });
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        if let Ok(pid) = i32::try_from(self.pid) {
+            // ESRCH: it is already gone and its exit event is on its way.
+            let _ = signal::kill(Pid::from_raw(pid), signal);
+        }
+    }
+}
+
+/// Start worker `index` of `generation` and hand it its sockets. The watcher task
+/// reports its messages and its exit on `events`.
+pub async fn spawn_worker(
+    generation: u64,
+    index: usize,
+    config: &Config,
+    sockets: &[(river_config::ListenAddress, SharedSocket)],
+    events: UnboundedSender<WorkerEvent>,
+) -> Result<WorkerHandle, SpawnError> {
+    let (master_end, worker_end) = river_ipc::socketpair()?;
+    let child_fd = worker_end.as_raw_fd();
+
+    let mut command = tokio::process::Command::new("/proc/self/exe");
+    command
+        .arg0(format!("river: worker process (generation {generation})"))
+        .arg("worker")
+        .arg("--ipc-fd")
+        .arg(WORKER_IPC_FD.to_string())
+        .stdin(Stdio::null())
+        .kill_on_drop(false);
+    // SAFETY: the closure runs between fork and exec and calls only
+    // async-signal-safe functions (dup2, fcntl).
+    unsafe {
+        command.pre_exec(move || {
+            if child_fd == WORKER_IPC_FD {
+                if libc::fcntl(child_fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(child_fd, WORKER_IPC_FD) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn()?;
+    drop(worker_end);
+    let pid = child.id().unwrap_or(0);
+
+    let channel = Arc::new(Channel::new(master_end)?);
+    let hello = ToWorker::Hello(Box::new(Hello {
+        generation,
+        worker_index: index,
+        config: config.clone(),
+        listeners: sockets.iter().map(|(address, _)| address.clone()).collect(),
+    }));
+    let fds: Vec<BorrowedFd<'_>> = sockets.iter().map(|(_, socket)| socket.as_fd()).collect();
+    if let Err(err) = channel.send(&hello, &fds).await {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        return Err(err.into());
+    }
+
+    let watcher_channel = channel.clone();
+    tokio::spawn(async move {
+        let mut listening = true;
+        loop {
+            tokio::select! {
+                status = child.wait() => {
+                    let status = match status {
+                        Ok(status) => status.to_string(),
+                        Err(err) => format!("unknown ({err})"),
+                    };
+                    let _ = events.send(WorkerEvent::Exited { generation, index, pid, status });
+                    return;
+                }
+                message = watcher_channel.recv::<FromWorker>(), if listening => match message {
+                    Ok(Some((message, _))) => {
+                        let _ = events.send(WorkerEvent::Message { generation, index, pid, message });
+                    }
+                    Ok(None) => listening = false,
+                    Err(err) => {
+                        // A worker that speaks garbage cannot be trusted to drain: replace it.
+                        tracing::error!(pid, error = %err, "bad frame from worker: killing it");
+                        listening = false;
+                        let _ = child.start_kill();
+                    }
+                },
+            }
+        }
+    });
+    Ok(WorkerHandle { pid, channel })
+}

@@ -1,0 +1,106 @@
+//! Accept loops on inherited sockets. A worker never binds: every listener here
+//! is a descriptor the master sent. Stopping the loop closes only this worker's
+//! copy; the master's copy keeps the queue for the next generation.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::l4::listener::Listener;
+use pingora_core::protocols::Stream;
+use river_config::ListenAddress;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+
+/// A listening socket received from the master, registered with this runtime.
+/// pingora's listener records each connection's peer address (X-Forwarded-For,
+/// CIDR filters, logs).
+pub struct Inherited(Listener);
+
+impl Inherited {
+    /// Adopt `fd`, which the master bound to `address` and already put in listen state.
+    pub fn adopt(address: &ListenAddress, fd: OwnedFd) -> std::io::Result<Self> {
+        let listener = match address {
+            ListenAddress::Tcp(_) => {
+                let std_listener = std::net::TcpListener::from(fd);
+                std_listener.set_nonblocking(true)?;
+                Listener::from(TcpListener::from_std(std_listener)?)
+            }
+            ListenAddress::Unix(_) => {
+                let std_listener = std::os::unix::net::UnixListener::from(fd);
+                std_listener.set_nonblocking(true)?;
+                Listener::from(UnixListener::from_std(std_listener)?)
+            }
+        };
+        Ok(Inherited(listener))
+    }
+
+    async fn accept(&self) -> std::io::Result<Stream> {
+        let mut stream = self.0.accept().await?;
+        // Best effort, as pingora's own listeners: Unix sockets have no Nagle.
+        let _ = stream.set_nodelay();
+        Ok(Box::new(stream))
+    }
+}
+
+/// Open downstream connections of this worker; the worker exits when draining
+/// and this reaches zero.
+#[derive(Clone, Default)]
+pub struct ConnectionCount(Arc<AtomicU64>);
+
+impl ConnectionCount {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn open(&self) -> ConnectionGuard {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        ConnectionGuard(self.0.clone())
+    }
+}
+
+struct ConnectionGuard(Arc<AtomicU64>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Accept on `listener` until `stop` turns true, handing each connection to `app`.
+/// `shutdown` is pingora's signal: once true, responses say `Connection: close`.
+pub async fn accept_loop<A>(
+    listener: Inherited,
+    app: Arc<A>,
+    mut stop: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+    connections: ConnectionCount,
+) where
+    A: ServerApp + Send + Sync + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stopped| *stopped) => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok(stream) => {
+                let guard = connections.open();
+                let app = app.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    app.process_new(stream, &shutdown).await;
+                });
+            }
+            Err(err) => {
+                // EMFILE and friends: back off instead of spinning; the queue waits.
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

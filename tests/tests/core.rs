@@ -1,0 +1,265 @@
+//! Issue 2: one master, N workers on the master's sockets, proxying with pingora.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use river_tests::client::{self, Connection};
+use river_tests::river::{alive, listening_inodes, socket_inodes, River};
+use river_tests::upstream::Upstream;
+use river_tests::{free_port, wait_for};
+
+fn proxy_service(port: u16, upstream: SocketAddr) -> String {
+    format!(
+        r#"    Example {{
+        listeners {{
+            "127.0.0.1:{port}"
+        }}
+        connectors {{
+            "{upstream}"
+        }}
+        path-control {{
+            upstream-request {{
+                filter kind="remove-header-key-regex" pattern=".*(secret|SECRET).*"
+                filter kind="upsert-header" key="x-proxy-friend" value="river"
+            }}
+            upstream-response {{
+                filter kind="upsert-header" key="x-with-love-from" value="river"
+            }}
+        }}
+    }}"#
+    )
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+#[test]
+fn two_workers_proxy_with_header_filters() {
+    let upstream = Upstream::start("alpha");
+    let port = free_port();
+    let _river = River::start("    workers 2", &proxy_service(port, upstream.addr));
+
+    for _ in 0..100 {
+        let response = client::get(local(port), "/").expect("request through river");
+        assert_eq!(response.status, 200);
+        assert_eq!(response.text(), "hello from alpha");
+        assert_eq!(response.header("x-with-love-from"), Some("river"));
+    }
+    // Keep-alive: 100 more on one connection.
+    let mut connection = Connection::open(local(port)).unwrap();
+    for _ in 0..100 {
+        let response = connection.get("/", &[]).expect("keep-alive request");
+        assert_eq!(response.text(), "hello from alpha");
+        assert!(!response.closes());
+    }
+    assert_eq!(upstream.requests(), 200);
+
+    let echoed = connection
+        .get(
+            "/headers",
+            &[("x-my-secret", "hunter2"), ("x-proxy-friend", "mallory")],
+        )
+        .unwrap()
+        .text()
+        .to_ascii_lowercase();
+    assert!(echoed.contains("x-proxy-friend: river"), "{echoed}");
+    assert!(!echoed.contains("mallory"), "{echoed}");
+    assert!(!echoed.contains("hunter2"), "{echoed}");
+    assert!(echoed.contains("x-forwarded-for: 127.0.0.1"), "{echoed}");
+}
+
+#[test]
+fn workers_share_the_masters_listening_socket() {
+    let upstream = Upstream::start("alpha");
+    let port = free_port();
+    let river = River::start("    workers 3", &proxy_service(port, upstream.addr));
+    let workers = wait_for("3 workers", Duration::from_secs(10), || {
+        let workers = river.workers();
+        (workers.len() == 3).then_some(workers)
+    });
+
+    // Exactly one listening socket on the port: no worker bound its own.
+    let listening = listening_inodes(port);
+    assert_eq!(
+        listening.len(),
+        1,
+        "listening sockets on {port}: {listening:?}"
+    );
+    let inode = listening[0];
+    assert!(
+        socket_inodes(river.pid).contains(&inode),
+        "the master holds the socket"
+    );
+    for worker in workers {
+        assert!(
+            socket_inodes(worker).contains(&inode),
+            "worker {worker} serves the master's socket {inode}"
+        );
+    }
+}
+
+#[test]
+fn a_killed_worker_is_replaced_and_the_other_keeps_serving() {
+    let upstream = Upstream::start("alpha");
+    let port = free_port();
+    let river = River::start("    workers 2", &proxy_service(port, upstream.addr));
+    let workers = wait_for("2 workers", Duration::from_secs(10), || {
+        let workers = river.workers();
+        (workers.len() == 2).then_some(workers)
+    });
+    let (victim, survivor) = (workers[0], workers[1]);
+
+    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    // Requests go on while the replacement starts: the survivor serves them.
+    for _ in 0..20 {
+        let response = client::get(local(port), "/").expect("request during replacement");
+        assert_eq!(response.status, 200);
+    }
+    let replacement = wait_for("a replacement worker", Duration::from_secs(1), || {
+        let now = river.workers();
+        now.iter()
+            .find(|pid| **pid != victim && **pid != survivor)
+            .copied()
+    });
+    assert!(alive(survivor), "the other worker kept running");
+    assert!(!river.workers().contains(&victim));
+    river.wait_log("worker died: replacing it", 1);
+    // And the new worker serves too: all requests keep succeeding.
+    for _ in 0..50 {
+        assert_eq!(client::get(local(port), "/").unwrap().status, 200);
+    }
+    assert!(alive(replacement));
+}
+
+#[test]
+fn sigquit_finishes_the_request_in_flight_then_exits() {
+    let upstream = Upstream::start("alpha");
+    let port = free_port();
+    let mut river = River::start("    workers 2", &proxy_service(port, upstream.addr));
+    let workers = river.workers();
+    assert!(river.pid_file().exists());
+
+    let slow = std::thread::spawn(move || client::get(local(port), "/slow/2000"));
+    wait_for(
+        "the slow request to reach the upstream",
+        Duration::from_secs(5),
+        || (upstream.requests() == 1).then_some(()),
+    );
+    river.signal(Signal::SIGQUIT);
+
+    let response = slow
+        .join()
+        .unwrap()
+        .expect("the in-flight request completes");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "slow hello from alpha");
+
+    let status = river.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "master exit status {status}");
+    assert!(!river.pid_file().exists(), "pid file removed");
+    wait_for("workers to exit", Duration::from_secs(5), || {
+        workers.iter().all(|pid| !alive(*pid)).then_some(())
+    });
+}
+
+#[test]
+fn workers_exit_when_the_master_is_killed() {
+    let upstream = Upstream::start("alpha");
+    let port = free_port();
+    let mut river = River::start("    workers 2", &proxy_service(port, upstream.addr));
+    let workers = river.workers();
+    assert_eq!(workers.len(), 2);
+
+    river.signal(Signal::SIGKILL);
+    river.wait_exit(Duration::from_secs(5));
+    wait_for("orphaned workers to exit", Duration::from_secs(5), || {
+        workers.iter().all(|pid| !alive(*pid)).then_some(())
+    });
+}
+
+/// Each bad config: `river --validate` and `river -c` both fail with file:line:column.
+#[test]
+fn invalid_configs_are_refused_with_their_position() {
+    let upstream = "127.0.0.1:9";
+    let cases: Vec<(&str, String, Option<&str>)> = vec![
+        (
+            "syntax error",
+            "system {\n    workers 2\n\nservices {\n".to_owned(),
+            None,
+        ),
+        (
+            "unknown key",
+            format!("system {{\n    wrokers 2\n}}\nservices {{\n    S {{\n        listeners {{\n            \"127.0.0.1:8080\"\n        }}\n        connectors {{\n            \"{upstream}\"\n        }}\n    }}\n}}\n"),
+            Some(":2:5"),
+        ),
+        (
+            "unparsable listener",
+            format!("services {{\n    S {{\n        listeners {{\n            \"127.0.0.1:http\"\n        }}\n        connectors {{\n            \"{upstream}\"\n        }}\n    }}\n}}\n"),
+            Some(":4:13"),
+        ),
+        (
+            "no listener",
+            format!("services {{\n    S {{\n        connectors {{\n            \"{upstream}\"\n        }}\n    }}\n}}\n"),
+            Some(":2:5"),
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (what, text, position) in cases {
+        let path = dir.path().join(format!("{}.kdl", what.replace(' ', "-")));
+        std::fs::write(&path, text).unwrap();
+        let shown = path.display().to_string();
+
+        let validate = std::process::Command::new(river_tests::river::binary("river"))
+            .args(["--validate", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&validate.stderr).into_owned();
+        assert_eq!(validate.status.code(), Some(1), "{what}: {stderr}");
+        let located = regex_like_position(&stderr, &shown);
+        assert!(
+            located.is_some(),
+            "{what}: no {shown}:LINE:COL in\n{stderr}"
+        );
+        if let Some(position) = position {
+            assert!(
+                stderr.contains(&format!("{shown}{position}")),
+                "{what}: expected {shown}{position} in\n{stderr}"
+            );
+        }
+
+        let run = std::process::Command::new(river_tests::river::binary("river"))
+            .arg("-c")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let run_stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+        assert_eq!(
+            run.status.code(),
+            Some(1),
+            "{what}: river -c must refuse to start"
+        );
+        assert_eq!(
+            regex_like_position(&run_stderr, &shown),
+            located,
+            "{what}: same position from river -c:\n{run_stderr}"
+        );
+    }
+}
+
+/// The first `PATH:LINE:COL` in `text`.
+fn regex_like_position(text: &str, path: &str) -> Option<String> {
+    let start = text.find(&format!("{path}:"))? + path.len() + 1;
+    let rest = &text[start..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == ':'))
+        .unwrap_or(rest.len());
+    let position = &rest[..end];
+    let mut parts = position.split(':');
+    let line_ok = parts.next().is_some_and(|p| !p.is_empty());
+    let column_ok = parts.next().is_some_and(|p| !p.is_empty());
+    (line_ok && column_ok).then(|| position.to_owned())
+}
