@@ -15,7 +15,8 @@ pub enum ToWorker {
     /// Graceful shutdown (SIGQUIT): as `Drain`, but idle keep-alive connections
     /// are closed at once, since no generation takes over.
     Quit,
-    /// Reopen the access log (SIGUSR1).
+    /// Reopen the access log (SIGUSR1): the frame carries the freshly opened
+    /// access-log file when the config has one.
     ReopenLogs,
 }
 
@@ -25,6 +26,31 @@ pub struct Hello {
     pub worker_index: usize,
     pub config: Config,
     pub listeners: Vec<ListenAddress>,
+    /// Certificates and keys of the TLS listeners, read by the (privileged)
+    /// master so that workers never need access to key files.
+    pub tls: Vec<TlsMaterial>,
+    /// True when the frame carries, after the listeners' fds, one more: the
+    /// access log, opened for appending by the master.
+    pub access_log: bool,
+}
+
+/// The PEM contents of one TLS listener's `cert-path` and `key-path`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsMaterial {
+    pub address: ListenAddress,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    // Never print private keys into logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("address", &self.address)
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Worker -> master.

@@ -11,7 +11,7 @@ use river_config::Config;
 use river_ipc::{Channel, FromWorker, Hello, IpcError, ToWorker};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::listeners::SharedSocket;
+use crate::inputs::GenerationInputs;
 
 /// The descriptor number of the IPC channel in a worker.
 pub const WORKER_IPC_FD: RawFd = 3;
@@ -60,6 +60,17 @@ impl WorkerHandle {
         });
     }
 
+    /// Send with one descriptor attached (a reopened log), without blocking.
+    pub fn send_with_file(&self, message: ToWorker, file: Arc<std::fs::File>) {
+        let channel = self.channel.clone();
+        let pid = self.pid;
+        tokio::spawn(async move {
+            if let Err(err) = channel.send(&message, &[file.as_fd()]).await {
+                tracing::debug!(pid, error = %err, "could not message worker");
+            }
+        });
+    }
+
     pub fn signal(&self, signal: Signal) {
         if let Ok(pid) = i32::try_from(self.pid) {
             // ESRCH: it is already gone and its exit event is on its way.
@@ -68,13 +79,12 @@ impl WorkerHandle {
     }
 }
 
-/// Start worker `index` of `generation` and hand it its sockets. The watcher task
+/// Start worker `index` of `generation` and hand it its inputs. The watcher task
 /// reports its messages and its exit on `events`.
 pub async fn spawn_worker(
     generation: u64,
     index: usize,
-    config: &Config,
-    sockets: &[(river_config::ListenAddress, SharedSocket)],
+    inputs: &GenerationInputs,
     events: UnboundedSender<WorkerEvent>,
 ) -> Result<WorkerHandle, SpawnError> {
     let (master_end, worker_end) = river_ipc::socketpair()?;
@@ -110,10 +120,21 @@ pub async fn spawn_worker(
     let hello = ToWorker::Hello(Box::new(Hello {
         generation,
         worker_index: index,
-        config: config.clone(),
-        listeners: sockets.iter().map(|(address, _)| address.clone()).collect(),
+        config: Config::clone(&inputs.config),
+        listeners: inputs
+            .sockets
+            .iter()
+            .map(|(address, _)| address.clone())
+            .collect(),
+        tls: inputs.tls.clone(),
+        access_log: inputs.access_log.is_some(),
     }));
-    let fds: Vec<BorrowedFd<'_>> = sockets.iter().map(|(_, socket)| socket.as_fd()).collect();
+    let mut fds: Vec<BorrowedFd<'_>> = inputs
+        .sockets
+        .iter()
+        .map(|(_, socket)| socket.as_fd())
+        .collect();
+    fds.extend(inputs.access_log.as_ref().map(|file| file.as_fd()));
     if let Err(err) = channel.send(&hello, &fds).await {
         let _ = child.start_kill();
         let _ = child.wait().await;

@@ -2,11 +2,10 @@
 //! shutdown. Single-threaded: every state change happens on this loop.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use river_config::{Config, ListenAddress};
+use river_config::Config;
 use river_ipc::{
     ControlResponse, FromWorker, GenerationState, GenerationStatus, StatusReport, ToWorker,
     WorkerStatus,
@@ -14,7 +13,8 @@ use river_ipc::{
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::listeners::{ListenerSet, SharedSocket};
+use crate::inputs::GenerationInputs;
+use crate::listeners::ListenerSet;
 use crate::process::{spawn_worker, WorkerEvent, WorkerHandle};
 
 /// Grace between SIGTERM and SIGKILL for a worker being killed.
@@ -122,8 +122,7 @@ impl Slot {
 
 struct Generation {
     number: u64,
-    config: Arc<Config>,
-    sockets: Vec<(ListenAddress, SharedSocket)>,
+    inputs: GenerationInputs,
     state: State,
     slots: Vec<Slot>,
     started: Instant,
@@ -273,10 +272,20 @@ impl Supervisor {
         }
     }
 
-    fn reopen_logs(&self) {
+    /// USR1: the master reopens each generation's access log (it may be root-only)
+    /// and hands the new file to the workers.
+    fn reopen_logs(&mut self) {
         tracing::info!("reopening logs");
-        for generation in &self.generations {
-            generation.send_all(&ToWorker::ReopenLogs);
+        for gen in &mut self.generations {
+            match gen.inputs.reopen_access_log() {
+                Ok(Some(file)) => {
+                    for worker in gen.alive() {
+                        worker.send_with_file(ToWorker::ReopenLogs, file.clone());
+                    }
+                }
+                Ok(None) => gen.send_all(&ToWorker::ReopenLogs),
+                Err(err) => tracing::error!(generation = gen.number, "{err}"),
+            }
         }
     }
 
@@ -321,8 +330,8 @@ impl Supervisor {
         let number = self.next_generation;
         self.next_generation += 1;
         let started = Instant::now();
-        let sockets = match self.listeners.prepare(&config) {
-            Ok(sockets) => sockets,
+        let inputs = match GenerationInputs::prepare(config, &self.listeners) {
+            Ok(inputs) => inputs,
             Err(err) => {
                 tracing::error!(generation = number, "reload rolled back: {err}");
                 for waiter in waiters {
@@ -333,12 +342,11 @@ impl Supervisor {
                 return;
             }
         };
-        let config = Arc::new(config);
+        let config = inputs.config.clone();
         let startup_timeout = Duration::from_secs(config.system.worker_startup_timeout_secs);
         let mut generation = Generation {
             number,
-            config: config.clone(),
-            sockets,
+            inputs,
             state: State::Starting,
             slots: Vec::new(),
             started,
@@ -347,15 +355,7 @@ impl Supervisor {
             waiters,
         };
         for index in 0..config.system.workers {
-            match spawn_worker(
-                number,
-                index,
-                &config,
-                &generation.sockets,
-                self.events_tx.clone(),
-            )
-            .await
-            {
+            match spawn_worker(number, index, &generation.inputs, self.events_tx.clone()).await {
                 Ok(handle) => generation.slots.push(Slot::new(handle)),
                 Err(err) => {
                     self.generations.push(generation);
@@ -491,7 +491,7 @@ impl Supervisor {
         let now = Instant::now();
         for gen in &mut self.generations {
             if gen.state == State::Serving {
-                let drain = Duration::from_secs(gen.config.system.drain_timeout_secs);
+                let drain = Duration::from_secs(gen.inputs.config.system.drain_timeout_secs);
                 gen.state = State::Draining;
                 gen.deadline = Some(now + drain);
                 for slot in &mut gen.slots {
@@ -522,8 +522,8 @@ impl Supervisor {
         for waiter in gen.waiters.drain(..) {
             let _ = waiter.send(response.clone());
         }
-        let sockets = gen.sockets.clone();
-        let max_draining = gen.config.system.max_draining_generations;
+        let sockets = gen.inputs.sockets.clone();
+        let max_draining = gen.inputs.config.system.max_draining_generations;
         self.listeners.commit(&sockets);
         tracing::info!(generation = number, workers, millis, "generation serving");
         self.enforce_draining_cap(max_draining);
@@ -630,7 +630,7 @@ impl Supervisor {
             .generations
             .iter()
             .find(|g| g.state == State::Serving)
-            .and_then(|g| g.config.system.draining_memory_limit_mb)
+            .and_then(|g| g.inputs.config.system.draining_memory_limit_mb)
         else {
             return;
         };
@@ -670,9 +670,7 @@ impl Supervisor {
                 if !slot.restart_at.is_some_and(|at| now >= at) {
                     continue;
                 }
-                match spawn_worker(gen.number, index, &gen.config, &gen.sockets, events.clone())
-                    .await
-                {
+                match spawn_worker(gen.number, index, &gen.inputs, events.clone()).await {
                     Ok(handle) => {
                         tracing::info!(
                             generation = gen.number,
@@ -726,7 +724,9 @@ impl Supervisor {
                 slot.restart_at = None;
             }
             if graceful {
-                drain = drain.max(Duration::from_secs(gen.config.system.drain_timeout_secs));
+                drain = drain.max(Duration::from_secs(
+                    gen.inputs.config.system.drain_timeout_secs,
+                ));
                 gen.send_all(&ToWorker::Quit);
             } else {
                 gen.signal_all(Signal::SIGTERM);

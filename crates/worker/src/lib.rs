@@ -35,8 +35,8 @@ pub enum WorkerError {
     NoHello,
     #[error("expected Hello as the first message, got {0}")]
     UnexpectedFirstMessage(String),
-    #[error("hello names {listeners} listeners but carries {fds} descriptors")]
-    FdMismatch { listeners: usize, fds: usize },
+    #[error("hello needs {expected} descriptors but carries {fds}")]
+    FdMismatch { expected: usize, fds: usize },
     #[error("no socket was sent for listener {0}")]
     MissingListener(ListenAddress),
     #[error("dropping privileges: {0}")]
@@ -126,13 +126,20 @@ struct Running {
     apps: Vec<Arc<pingora_proxy::HttpProxy<RiverApp>>>,
 }
 
-async fn start(hello: &Hello, fds: Vec<OwnedFd>) -> Result<Running, WorkerError> {
-    if hello.listeners.len() != fds.len() {
+async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerError> {
+    let expected = hello.listeners.len() + usize::from(hello.access_log);
+    if fds.len() != expected {
         return Err(WorkerError::FdMismatch {
-            listeners: hello.listeners.len(),
+            expected,
             fds: fds.len(),
         });
     }
+    // The access log, when there is one, travels after the listeners.
+    let _access_log = if hello.access_log {
+        fds.pop().map(std::fs::File::from)
+    } else {
+        None
+    };
     let mut sockets: HashMap<&ListenAddress, OwnedFd> = hello.listeners.iter().zip(fds).collect();
 
     let system = &hello.config.system;

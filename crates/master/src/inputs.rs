@@ -1,0 +1,128 @@
+//! What a generation hands each of its workers: the config, the listening
+//! sockets, and what the master reads or opens with its privileges (TLS keys,
+//! the access log) so that workers never need access to those files.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use river_config::{Config, ListenAddress};
+use river_ipc::TlsMaterial;
+
+use crate::listeners::{ListenerSet, SharedSocket};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error(transparent)]
+    Bind(#[from] crate::listeners::BindError),
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not PEM (no -----BEGIN line)", path.display())]
+    NotPem { path: PathBuf },
+    #[error("cannot open access log {}: {source}", path.display())]
+    AccessLog {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub struct GenerationInputs {
+    pub config: Arc<Config>,
+    pub sockets: Vec<(ListenAddress, SharedSocket)>,
+    pub tls: Vec<TlsMaterial>,
+    pub access_log: Option<Arc<File>>,
+}
+
+impl GenerationInputs {
+    /// Everything or nothing: on error, sockets bound here close again.
+    pub fn prepare(config: Config, listeners: &ListenerSet) -> Result<Self, InputError> {
+        let tls = read_tls(&config)?;
+        let access_log = open_access_log(&config)?;
+        let sockets = listeners.prepare(&config)?;
+        Ok(GenerationInputs {
+            config: Arc::new(config),
+            sockets,
+            tls,
+            access_log,
+        })
+    }
+
+    /// Open the access log again (after logrotate moved it away).
+    pub fn reopen_access_log(&mut self) -> Result<Option<Arc<File>>, InputError> {
+        self.access_log = open_access_log(&self.config)?;
+        Ok(self.access_log.clone())
+    }
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, InputError> {
+    let bytes = std::fs::read(path).map_err(|source| InputError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Err(InputError::NotPem {
+            path: path.to_owned(),
+        });
+    }
+    Ok(bytes)
+}
+
+fn read_tls(config: &Config) -> Result<Vec<TlsMaterial>, InputError> {
+    let mut material = Vec::new();
+    for listener in config.services.iter().flat_map(|s| &s.listeners) {
+        if let Some(tls) = &listener.tls {
+            material.push(TlsMaterial {
+                address: listener.address.clone(),
+                cert_pem: read_pem(&tls.cert_path)?,
+                key_pem: read_pem(&tls.key_path)?,
+            });
+        }
+    }
+    Ok(material)
+}
+
+fn open_access_log(config: &Config) -> Result<Option<Arc<File>>, InputError> {
+    let Some(path) = &config.system.access_log else {
+        return Ok(None);
+    };
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .open(path)
+        .map(|file| Some(Arc::new(file)))
+        .map_err(|source| InputError::AccessLog {
+            path: path.clone(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_files_are_read_and_garbage_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("cert.pem");
+        std::fs::write(
+            &good,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        assert!(read_pem(&good).unwrap().starts_with(b"-----BEGIN"));
+
+        let bad = dir.path().join("key.pem");
+        std::fs::write(&bad, "not a key").unwrap();
+        let err = read_pem(&bad).unwrap_err().to_string();
+        assert!(err.contains("key.pem"), "{err}");
+
+        let missing = dir.path().join("missing.pem");
+        let err = read_pem(&missing).unwrap_err().to_string();
+        assert!(err.contains("missing.pem"), "{err}");
+    }
+}
