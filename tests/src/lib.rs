@@ -28,3 +28,36 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `127.0.0.1:port`.
+pub fn local(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// KDL for a proxy service named `name` listening on each of `ports`, proxying
+/// to `upstream`, and marking responses with `x-gen: GENERATION`.
+pub fn tagged_proxy(
+    name: &str,
+    ports: &[u16],
+    upstream: std::net::SocketAddr,
+    generation: &str,
+) -> String {
+    let listeners: String = ports
+        .iter()
+        .map(|port| format!("            \"127.0.0.1:{port}\"\n"))
+        .collect();
+    format!(
+        r#"    {name} {{
+        listeners {{
+{listeners}        }}
+        connectors {{
+            "{upstream}"
+        }}
+        path-control {{
+            upstream-response {{
+                filter kind="upsert-header" key="x-gen" value="{generation}"
+            }}
+        }}
+    }}"#
+    )
+}

@@ -45,6 +45,11 @@ impl River {
 
     /// Start without waiting for the first generation.
     pub fn spawn(system: &str, services: &str) -> River {
+        Self::spawn_with_env(system, services, &[])
+    }
+
+    /// As [`River::spawn`], with extra environment variables for the master.
+    pub fn spawn_with_env(system: &str, services: &str, env: &[(&str, &std::ffi::OsStr)]) -> River {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("river.kdl");
         write_config(&config_path, dir.path(), system, services);
@@ -53,6 +58,11 @@ impl River {
             .arg("-c")
             .arg(&config_path)
             .env("RIVER_LOG", "info")
+            .env(
+                "RIVER_TEST_FAIL_WORKER_START",
+                dir.path().join("fail-worker-start"),
+            )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -163,6 +173,11 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
 
 pub fn process_state(pid: u32) -> Option<char> {
     stat_fields(pid)?.first()?.chars().next()
+}
+
+/// The parent pid of `pid`.
+pub fn parent(pid: u32) -> Option<u32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
 }
 
 /// Live (not zombie) children of `parent`.

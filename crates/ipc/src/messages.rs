@@ -60,6 +60,9 @@ pub enum FromWorker {
     Ready { pid: u32 },
     /// The worker could not start; it exits after sending this.
     Failed { error: String },
+    /// After `Drain`: this worker no longer accepts, so every new connection
+    /// goes to the newer generation.
+    Draining,
     /// Periodic: open downstream connections.
     Load { connections: u64 },
 }

@@ -160,11 +160,18 @@ async fn every_message_round_trips() {
         generation: 3,
         worker_index: 1,
         config,
-        listeners,
+        listeners: listeners.clone(),
+        tls: vec![river_ipc::TlsMaterial {
+            address: listeners[0].clone(),
+            cert_pem: b"-----BEGIN CERTIFICATE-----\n".to_vec(),
+            key_pem: b"-----BEGIN PRIVATE KEY-----\n".to_vec(),
+        }],
+        access_log: true,
     }));
     for msg in [
         hello,
         ToWorker::Drain { deadline_secs: 60 },
+        ToWorker::Quit,
         ToWorker::ReopenLogs,
     ] {
         round_trip(&master, &worker, &msg).await;

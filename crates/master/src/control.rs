@@ -12,6 +12,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::supervisor::Command;
 
+/// A client that connects must say what it wants within this time.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct ControlSocket {
     path: PathBuf,
     listener: UnixListener,
@@ -79,18 +82,25 @@ async fn handle(
 ) -> Result<(), river_ipc::IpcError> {
     let allowed = peer_allowed(&stream);
     let channel = Channel::new(OwnedFd::from(stream.into_std()?))?;
+    // Read the request before answering, even a refusal: a client still
+    // writing when we close would see EPIPE instead of our answer.
+    let request =
+        match tokio::time::timeout(REQUEST_TIMEOUT, channel.recv::<ControlRequest>()).await {
+            Ok(Ok(Some((request, _)))) => request,
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Err(err)) => {
+                let message = format!("malformed request: {err}");
+                return channel.send(&ControlResponse::Error { message }, &[]).await;
+            }
+            Err(_) => {
+                let message = "no request within 10 s".to_owned();
+                return channel.send(&ControlResponse::Error { message }, &[]).await;
+            }
+        };
     if let Err(message) = allowed {
         tracing::warn!("{message}");
         return channel.send(&ControlResponse::Error { message }, &[]).await;
     }
-    let request = match channel.recv::<ControlRequest>().await {
-        Ok(Some((request, _))) => request,
-        Ok(None) => return Ok(()),
-        Err(err) => {
-            let message = format!("malformed request: {err}");
-            return channel.send(&ControlResponse::Error { message }, &[]).await;
-        }
-    };
     let gone = || ControlResponse::Error {
         message: "the master is shutting down".into(),
     };

@@ -7,6 +7,7 @@ pub mod cli;
 mod control;
 mod inputs;
 mod listeners;
+mod notify;
 mod pidfile;
 mod process;
 mod supervisor;

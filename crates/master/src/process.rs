@@ -96,6 +96,7 @@ pub async fn spawn_worker(
         .arg("worker")
         .arg("--ipc-fd")
         .arg(WORKER_IPC_FD.to_string())
+        .env_remove("NOTIFY_SOCKET") // only the master speaks to systemd
         .stdin(Stdio::null())
         .kill_on_drop(false);
     // SAFETY: the closure runs between fork and exec and calls only

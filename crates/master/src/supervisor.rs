@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::inputs::GenerationInputs;
 use crate::listeners::ListenerSet;
+use crate::notify::Notifier;
 use crate::process::{spawn_worker, WorkerEvent, WorkerHandle};
 
 /// Grace between SIGTERM and SIGKILL for a worker being killed.
@@ -26,6 +27,8 @@ const STABLE_AFTER: Duration = Duration::from_secs(10);
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(10);
 const TICK: Duration = Duration::from_millis(100);
 const MEMORY_SAMPLE_EVERY: Duration = Duration::from_millis(500);
+/// How long a reload's answer waits for retired workers to stop accepting.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Where the configuration comes from, re-read on every reload.
 #[derive(Debug, Clone)]
@@ -99,6 +102,8 @@ enum State {
 struct Slot {
     handle: Option<WorkerHandle>,
     ready: bool,
+    /// Between Ready and its Draining acknowledgement (or exit).
+    accepting: bool,
     connections: u64,
     rss_bytes: u64,
     started_at: Instant,
@@ -111,6 +116,7 @@ impl Slot {
         Slot {
             handle: Some(handle),
             ready: false,
+            accepting: false,
             connections: 0,
             rss_bytes: 0,
             started_at: Instant::now(),
@@ -160,6 +166,16 @@ impl Generation {
     }
 }
 
+/// A reload's answer, held until the generations it retired stop accepting: from
+/// then on every fresh connection sees the new configuration.
+struct Handover {
+    retired: Vec<u64>,
+    waiters: Vec<Reply>,
+    response: ControlResponse,
+    /// A worker that never acknowledges must not hold the answer forever.
+    deadline: Instant,
+}
+
 struct Shutdown {
     graceful: bool,
     /// When the remaining workers are sent SIGTERM (graceful) or SIGKILL (fast).
@@ -178,6 +194,8 @@ pub struct Supervisor {
     pending_reload: Option<Vec<Reply>>,
     shutdown: Option<Shutdown>,
     last_memory_sample: Instant,
+    notify: Notifier,
+    handovers: Vec<Handover>,
 }
 
 impl Supervisor {
@@ -193,6 +211,8 @@ impl Supervisor {
             pending_reload: None,
             shutdown: None,
             last_memory_sample: Instant::now(),
+            notify: Notifier::from_env(),
+            handovers: Vec::new(),
         }
     }
 
@@ -310,6 +330,7 @@ impl Supervisor {
                 .extend(waiters);
             return;
         }
+        self.notify.reloading();
         match self.source.load() {
             Ok(config) => {
                 tracing::info!("configuration validated");
@@ -322,6 +343,7 @@ impl Supervisor {
                         error: err.to_string(),
                     });
                 }
+                self.notify_serving("reload rejected");
             }
         }
     }
@@ -339,6 +361,7 @@ impl Supervisor {
                         error: err.to_string(),
                     });
                 }
+                self.notify_serving("reload rolled back");
                 return;
             }
         };
@@ -394,8 +417,13 @@ impl Supervisor {
                     return; // from a worker this slot has already replaced
                 }
                 match message {
+                    FromWorker::Draining => {
+                        slot.accepting = false;
+                        self.settle_handovers();
+                    }
                     FromWorker::Ready { .. } => {
                         slot.ready = true;
+                        slot.accepting = true;
                         if gen.state == State::Starting && gen.slots.iter().all(|s| s.ready) {
                             self.promote(generation).await;
                         }
@@ -431,6 +459,7 @@ impl Supervisor {
         }
         slot.handle = None;
         slot.ready = false;
+        slot.accepting = false;
         slot.connections = 0;
         match gen.state {
             State::Starting => {
@@ -450,6 +479,7 @@ impl Supervisor {
             _ => tracing::info!(generation = number, pid, %status, "worker exited"),
         }
         self.remove_finished();
+        self.settle_handovers();
     }
 
     /// Drop generations with no worker left and none to restart.
@@ -485,12 +515,23 @@ impl Supervisor {
         }
         // Its workers' exits are reaped by their watchers; its new sockets close
         // with `gen`. A coalesced reload waiting behind it runs on the next tick.
+        self.notify_serving("reload rolled back");
+    }
+
+    /// Tell systemd the reload is over, whatever its outcome, if anything serves.
+    fn notify_serving(&self, outcome: &str) {
+        if let Some(gen) = self.generations.iter().find(|g| g.state == State::Serving) {
+            self.notify
+                .ready(&format!("{outcome}; generation {} serving", gen.number));
+        }
     }
 
     async fn promote(&mut self, number: u64) {
         let now = Instant::now();
+        let mut retired = Vec::new();
         for gen in &mut self.generations {
             if gen.state == State::Serving {
+                retired.push(gen.number);
                 let drain = Duration::from_secs(gen.inputs.config.system.drain_timeout_secs);
                 gen.state = State::Draining;
                 gen.deadline = Some(now + drain);
@@ -519,15 +560,21 @@ impl Supervisor {
             workers,
             millis,
         };
-        for waiter in gen.waiters.drain(..) {
-            let _ = waiter.send(response.clone());
-        }
+        let handover = Handover {
+            retired,
+            waiters: std::mem::take(&mut gen.waiters),
+            response,
+            deadline: now + HANDOVER_TIMEOUT,
+        };
         let sockets = gen.inputs.sockets.clone();
         let max_draining = gen.inputs.config.system.max_draining_generations;
+        self.handovers.push(handover);
         self.listeners.commit(&sockets);
         tracing::info!(generation = number, workers, millis, "generation serving");
+        self.notify.ready(&format!("generation {number} serving"));
         self.enforce_draining_cap(max_draining);
         self.remove_finished();
+        self.settle_handovers();
         if let Some(waiters) = self.pending_reload.take() {
             self.request_reload_boxed(waiters).await;
         }
@@ -539,6 +586,29 @@ impl Supervisor {
         waiters: Vec<Reply>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> {
         Box::pin(self.request_reload(waiters))
+    }
+
+    /// Answer the reloads whose retired generations no longer accept.
+    fn settle_handovers(&mut self) {
+        let now = Instant::now();
+        let generations = &self.generations;
+        let still_accepting = |number: &u64| {
+            generations
+                .iter()
+                .filter(|g| g.number == *number)
+                .flat_map(|g| &g.slots)
+                .any(|slot| slot.accepting && slot.handle.is_some())
+        };
+        let (done, waiting): (Vec<Handover>, Vec<Handover>) = self
+            .handovers
+            .drain(..)
+            .partition(|h| now >= h.deadline || !h.retired.iter().any(still_accepting));
+        self.handovers = waiting;
+        for handover in done {
+            for waiter in handover.waiters {
+                let _ = waiter.send(handover.response.clone());
+            }
+        }
     }
 
     fn enforce_draining_cap(&mut self, max_draining: usize) {
@@ -610,6 +680,7 @@ impl Supervisor {
         }
         self.restart_due_workers(now).await;
         self.advance_shutdown(now);
+        self.settle_handovers();
         if !self.starting() {
             if let Some(waiters) = self.pending_reload.take() {
                 self.request_reload(waiters).await;
@@ -701,6 +772,7 @@ impl Supervisor {
             }
         }
         tracing::info!(graceful, "shutting down");
+        self.notify.stopping();
         let now = Instant::now();
         let mut drain = Duration::ZERO;
         let starting: Vec<u64> = self

@@ -43,6 +43,8 @@ pub enum WorkerError {
     Privileges(#[from] PrivilegeError),
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error("start-up failure injected by the test hook ({0} exists)")]
+    FaultInjected(String),
 }
 
 /// Run a worker on `ipc`, its end of the master's socketpair. Returns when the
@@ -84,7 +86,11 @@ async fn receive_hello(ipc: OwnedFd) -> Result<(Hello, Vec<OwnedFd>), WorkerErro
 
 async fn serve(hello: Hello, fds: Vec<OwnedFd>, ipc: OwnedFd) -> Result<(), WorkerError> {
     let channel = Arc::new(Channel::new(ipc)?);
-    match start(&hello, fds).await {
+    let started = match fault_injected() {
+        Some(err) => Err(err),
+        None => start(&hello, fds).await,
+    };
+    match started {
         Ok(running) => {
             channel
                 .send(
@@ -116,8 +122,19 @@ async fn serve(hello: Hello, fds: Vec<OwnedFd>, ipc: OwnedFd) -> Result<(), Work
     }
 }
 
+/// Fault injection for the rollback tests: when $RIVER_TEST_FAIL_WORKER_START
+/// names a file that exists, workers fail start-up. Nothing else reads it.
+fn fault_injected() -> Option<WorkerError> {
+    let path = std::env::var_os("RIVER_TEST_FAIL_WORKER_START")?;
+    std::path::Path::new(&path)
+        .exists()
+        .then(|| WorkerError::FaultInjected(path.to_string_lossy().into_owned()))
+}
+
 /// What a started worker holds: the switches that stop it.
 struct Running {
+    /// Finish once their listener copies are closed.
+    accept_loops: Vec<tokio::task::JoinHandle<()>>,
     /// Stops the accept loops (their listener copies close).
     stop_accepting: watch::Sender<bool>,
     /// pingora's shutdown flag: next responses carry `Connection: close`.
@@ -149,9 +166,10 @@ async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerEr
         PrivilegeOutcome::NotRequested => {}
     }
 
-    let mut server_conf = ServerConf::default();
-    server_conf.threads = system.threads_per_service;
-    let server_conf = Arc::new(server_conf);
+    let server_conf = Arc::new(ServerConf {
+        threads: system.threads_per_service,
+        ..ServerConf::default()
+    });
 
     let (stop_accepting, stop_rx) = watch::channel(false);
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -171,16 +189,18 @@ async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerEr
         }
         apps.push(app);
     }
+    let mut accept_loops = Vec::new();
     for (listener, app) in loops {
-        tokio::spawn(serve::accept_loop(
+        accept_loops.push(tokio::spawn(serve::accept_loop(
             listener,
             app,
             stop_rx.clone(),
             shutdown_rx.clone(),
             connections.clone(),
-        ));
+        )));
     }
     Ok(Running {
+        accept_loops,
         stop_accepting,
         shutdown,
         connections,
@@ -189,53 +209,88 @@ async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerEr
 }
 
 /// Serve until told to drain (or the master disappears), then wait for the
-/// last connection to finish.
-async fn supervise(running: Running, channel: &Channel) -> Result<(), WorkerError> {
+/// last connection to finish. The channel is read throughout, so a graceful
+/// shutdown reaches a worker that is already draining.
+async fn supervise(mut running: Running, channel: &Channel) -> Result<(), WorkerError> {
     let mut report = tokio::time::interval(LOAD_REPORT_INTERVAL);
-    let close_idle = loop {
+    let mut idle_check = tokio::time::interval(Duration::from_millis(20));
+    let mut draining = false;
+    let mut master_alive = true;
+    loop {
         tokio::select! {
-            message = channel.recv::<ToWorker>() => match message {
+            message = channel.recv::<ToWorker>(), if master_alive => match message {
                 Ok(Some((ToWorker::Drain { deadline_secs }, _))) => {
                     tracing::info!(deadline_secs, "draining");
-                    break false;
+                    running.begin_drain();
+                    draining = true;
+                    // The master answers the reload once every old worker says
+                    // this: from then on, fresh connections see the new config.
+                    running.stopped_accepting().await;
+                    if channel.send(&FromWorker::Draining, &[]).await.is_err() {
+                        master_alive = false;
+                        running.close_idle().await;
+                    }
                 }
                 Ok(Some((ToWorker::Quit, _))) => {
                     tracing::info!("graceful shutdown");
-                    break true;
+                    running.begin_drain();
+                    running.close_idle().await;
+                    draining = true;
                 }
                 Ok(Some((ToWorker::ReopenLogs, _))) => {}
-                Ok(Some((ToWorker::Hello(_), _))) => {
-                    tracing::warn!("ignoring a second Hello");
-                }
-                Ok(None) => {
+                Ok(Some((ToWorker::Hello(_), _))) => tracing::warn!("ignoring a second Hello"),
+                Ok(None) | Err(_) => {
+                    // Nobody will take over these connections: close idle ones now.
                     tracing::warn!("master went away: draining");
-                    break false;
-                }
-                Err(err) => {
-                    tracing::error!(error = %err, "bad message from master: draining");
-                    break false;
+                    master_alive = false;
+                    running.begin_drain();
+                    running.close_idle().await;
+                    draining = true;
                 }
             },
-            _ = report.tick() => {
+            _ = report.tick(), if master_alive => {
                 let load = FromWorker::Load { connections: running.connections.get() };
                 if channel.send(&load, &[]).await.is_err() {
                     tracing::warn!("master went away: draining");
-                    break false;
+                    master_alive = false;
+                    running.begin_drain();
+                    running.close_idle().await;
+                    draining = true;
+                }
+            }
+            _ = idle_check.tick(), if draining => {
+                if running.connections.get() == 0 {
+                    tracing::info!("drained");
+                    return Ok(());
                 }
             }
         }
-    };
-    let _ = running.stop_accepting.send(true);
-    let _ = running.shutdown.send(true);
-    if close_idle {
-        // Wakes connections parked between keep-alive requests so they close now.
-        for app in &running.apps {
+    }
+}
+
+impl Running {
+    /// Stop accepting (this worker's listener copies close; the master's keep
+    /// the queue for the next generation) and answer the next request on each
+    /// keep-alive connection with `Connection: close`. Idle connections stay
+    /// until their client's next request or their idle timeout: closing them now
+    /// would race with a request the client is sending.
+    fn begin_drain(&self) {
+        let _ = self.stop_accepting.send(true);
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Wait until no accept loop runs any more.
+    async fn stopped_accepting(&mut self) {
+        for accept_loop in self.accept_loops.drain(..) {
+            let _ = accept_loop.await;
+        }
+    }
+
+    /// Close connections parked between keep-alive requests, for when no
+    /// generation takes over (shutdown, master gone).
+    async fn close_idle(&self) {
+        for app in &self.apps {
             app.cleanup().await;
         }
     }
-    while running.connections.get() > 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tracing::info!("drained");
-    Ok(())
 }
