@@ -738,7 +738,7 @@ impl Supervisor {
                 continue;
             }
             for (index, slot) in gen.slots.iter_mut().enumerate() {
-                if !slot.restart_at.is_some_and(|at| now >= at) {
+                if slot.restart_at.is_none_or(|at| now < at) {
                     continue;
                 }
                 match spawn_worker(gen.number, index, &gen.inputs, events.clone()).await {
