@@ -263,3 +263,67 @@ fn regex_like_position(text: &str, path: &str) -> Option<String> {
     let column_ok = parts.next().is_some_and(|p| !p.is_empty());
     (line_ok && column_ok).then(|| position.to_owned())
 }
+
+#[test]
+fn daemonize_detaches_and_the_pid_file_names_the_master() {
+    let upstream = Upstream::start("alpha");
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("river.pid");
+    let config = dir.path().join("river.kdl");
+    std::fs::write(
+        &config,
+        format!(
+            "system {{\n    workers 1\n    daemonize true\n    pid-file \"{}\"\n}}\nservices {{\n{}\n}}\n",
+            pid_file.display(),
+            proxy_service(port, upstream.addr)
+        ),
+    )
+    .unwrap();
+    let status = std::process::Command::new(river_tests::river::binary("river"))
+        .arg("-c")
+        .arg(&config)
+        .status()
+        .unwrap();
+    assert!(status.success(), "the launching process exits 0");
+    let pid: u32 = wait_for("the pid file", Duration::from_secs(10), || {
+        std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
+    });
+    let response = wait_for("the daemon to serve", Duration::from_secs(10), || {
+        client::get(local(port), "/").ok()
+    });
+    assert_eq!(response.text(), "hello from alpha");
+    kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+    wait_for("the daemon to exit", Duration::from_secs(10), || {
+        (!alive(pid)).then_some(())
+    });
+    assert!(!pid_file.exists());
+}
+
+#[test]
+fn a_busy_port_is_reported_before_daemonizing() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("river.kdl");
+    std::fs::write(
+        &config,
+        format!(
+            "system {{\n    daemonize true\n    pid-file \"{}/river.pid\"\n}}\nservices {{\n{}\n}}\n",
+            dir.path().display(),
+            proxy_service(port, "127.0.0.1:9".parse().unwrap())
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(river_tests::river::binary("river"))
+        .arg("-c")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+}

@@ -490,3 +490,31 @@ fn garbage_on_the_control_socket_gets_an_error_and_harms_nothing() {
     reload(&river);
     assert_eq!(x_gen(port), "1");
 }
+
+#[test]
+fn draining_workers_over_the_memory_limit_are_killed() {
+    let upstream = Upstream::start("alpha");
+    let port = free_port();
+    // 1 MiB: any real worker is above it, so a draining generation is over the limit.
+    let system = "    workers 1\n    draining-memory-limit-mb 1";
+    let river = River::start(system, &tagged_proxy("S", &[port], upstream.addr, "old"));
+    let old_workers = river.workers();
+    let held = std::thread::spawn(move || client::get(local(port), "/hold"));
+    wait_for("the held request upstream", Duration::from_secs(5), || {
+        (upstream.requests() == 1).then_some(())
+    });
+
+    river.rewrite_config(system, &tagged_proxy("S", &[port], upstream.addr, "new"));
+    reload(&river);
+    wait_for(
+        "the draining worker to be killed",
+        Duration::from_secs(5),
+        || old_workers.iter().all(|pid| !alive(*pid)).then_some(()),
+    );
+    river.wait_log("draining-memory-limit-mb exceeded", 1);
+    assert!(held.join().unwrap().is_err(), "the held request was cut");
+    // The serving generation is never killed for memory.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(children(river.pid).len(), 1);
+    assert_eq!(x_gen(port), "new");
+}

@@ -55,7 +55,7 @@ fn ready_reloading_and_stopping_reach_systemd() {
     assert!(next(&systemd).starts_with("RELOADING=1\n"));
     assert_eq!(
         next(&systemd),
-        "READY=1\nSTATUS=reload rejected; generation 2 serving\n"
+        "READY=1\nSTATUS=reload rejected, configuration unchanged; generation 2 serving\n"
     );
 
     river.signal(Signal::SIGTERM);

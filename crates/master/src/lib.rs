@@ -72,14 +72,16 @@ fn run_master(cli: Cli) -> anyhow::Result<()> {
         println!("river: configuration {name} is valid");
         return Ok(());
     }
-    if cli.daemonize || config.system.daemonize {
+    // Bind, read keys and open logs now: their errors go to the caller's terminal.
+    let listeners = listeners::ListenerSet::default();
+    let first = inputs::GenerationInputs::prepare(config, &listeners)
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
+    let system = first.config.system.clone();
+    if cli.daemonize || system.daemonize {
         // Before any runtime or thread exists. Paths are absolute by now.
         nix::unistd::daemon(true, false).context("daemonize")?;
     }
-    let pid_path = cli
-        .pidfile
-        .clone()
-        .or_else(|| config.system.pid_file.clone());
+    let pid_path = cli.pidfile.clone().or_else(|| system.pid_file.clone());
     let _pid_file = match &pid_path {
         Some(path) => Some(
             pidfile::PidFile::create(path)
@@ -94,14 +96,9 @@ fn run_master(cli: Cli) -> anyhow::Result<()> {
         .context("cannot start the master's event loop")?;
     runtime.block_on(async move {
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
-        let control = match &config.system.control_socket {
-            Some(path) => Some(
-                control::ControlSocket::bind(path)
-                    .with_context(|| format!("cannot bind control socket {}", path.display()))?,
-            ),
-            None => None,
-        };
-        if let Some(control) = control {
+        if let Some(path) = &system.control_socket {
+            let control = control::ControlSocket::bind(path)
+                .with_context(|| format!("cannot bind control socket {}", path.display()))?;
             tokio::spawn(control.serve(commands_tx.clone()));
         }
         tracing::info!(
@@ -109,8 +106,9 @@ fn run_master(cli: Cli) -> anyhow::Result<()> {
             version = env!("CARGO_PKG_VERSION"),
             "master starting"
         );
-        let supervisor = Supervisor::new(source, listeners::ListenerSet::default());
-        supervisor.run(config, commands_rx).await?;
+        Supervisor::new(source, listeners)
+            .run(first, commands_rx)
+            .await?;
         drop(commands_tx);
         Ok(())
     })

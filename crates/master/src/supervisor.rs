@@ -216,10 +216,11 @@ impl Supervisor {
         }
     }
 
-    /// Run generation 1 from `config`, then serve until shut down.
+    /// Run generation 1 from `first` (prepared before daemonizing, so that its
+    /// errors reach the terminal), then serve until shut down.
     pub async fn run(
         mut self,
-        config: Config,
+        first: GenerationInputs,
         mut commands: mpsc::UnboundedReceiver<Command>,
     ) -> Result<(), MasterError> {
         let mut hup = signal(SignalKind::hangup()).map_err(MasterError::Signals)?;
@@ -231,7 +232,7 @@ impl Supervisor {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         let (first_reply, mut first_outcome) = oneshot::channel();
-        self.start_generation(config, vec![first_reply]).await;
+        self.start_generation(first, vec![first_reply]).await;
         let mut first_done = false;
 
         loop {
@@ -331,40 +332,38 @@ impl Supervisor {
             return;
         }
         self.notify.reloading();
-        match self.source.load() {
-            Ok(config) => {
-                tracing::info!("configuration validated");
-                self.start_generation(config, waiters).await;
-            }
+        let started = Instant::now();
+        let config = match self.source.load() {
+            Ok(config) => config,
             Err(err) => {
-                tracing::error!("reload rejected, configuration unchanged:\n{err}");
-                for waiter in waiters {
-                    let _ = waiter.send(ControlResponse::ReloadFailed {
-                        error: err.to_string(),
-                    });
-                }
-                self.notify_serving("reload rejected");
+                return self.reject_reload(waiters, "reload rejected, configuration unchanged", err)
             }
+        };
+        tracing::info!(
+            millis = started.elapsed().as_millis() as u64,
+            "configuration validated"
+        );
+        match GenerationInputs::prepare(config, &self.listeners) {
+            Ok(inputs) => self.start_generation(inputs, waiters).await,
+            Err(err) => self.reject_reload(waiters, "reload rolled back", err),
         }
     }
 
-    async fn start_generation(&mut self, config: Config, waiters: Vec<Reply>) {
+    /// Answer a reload that failed before any worker started; nothing changed.
+    fn reject_reload(&self, waiters: Vec<Reply>, outcome: &str, error: impl std::fmt::Display) {
+        tracing::error!("{outcome}:\n{error}");
+        for waiter in waiters {
+            let _ = waiter.send(ControlResponse::ReloadFailed {
+                error: error.to_string(),
+            });
+        }
+        self.notify_serving(outcome);
+    }
+
+    async fn start_generation(&mut self, inputs: GenerationInputs, waiters: Vec<Reply>) {
         let number = self.next_generation;
         self.next_generation += 1;
         let started = Instant::now();
-        let inputs = match GenerationInputs::prepare(config, &self.listeners) {
-            Ok(inputs) => inputs,
-            Err(err) => {
-                tracing::error!(generation = number, "reload rolled back: {err}");
-                for waiter in waiters {
-                    let _ = waiter.send(ControlResponse::ReloadFailed {
-                        error: err.to_string(),
-                    });
-                }
-                self.notify_serving("reload rolled back");
-                return;
-            }
-        };
         let config = inputs.config.clone();
         let startup_timeout = Duration::from_secs(config.system.worker_startup_timeout_secs);
         let mut generation = Generation {
