@@ -61,3 +61,24 @@ pub fn tagged_proxy(
     }}"#
     )
 }
+
+/// Start a `/hold` request through River on `port` and return once `upstream`
+/// has it, so the serving worker holds a connection until released.
+pub fn hold_request(
+    upstream: &upstream::Upstream,
+    port: u16,
+) -> std::thread::JoinHandle<std::io::Result<client::Response>> {
+    let before = upstream.requests();
+    let held = std::thread::spawn(move || client::get(local(port), "/hold"));
+    wait_for("a held request upstream", Duration::from_secs(5), || {
+        (upstream.requests() > before).then_some(())
+    });
+    held
+}
+
+/// Wait until none of `pids` is alive.
+pub fn wait_gone(what: &str, pids: &[u32], timeout: Duration) {
+    wait_for(what, timeout, || {
+        pids.iter().all(|pid| !river::alive(*pid)).then_some(())
+    });
+}

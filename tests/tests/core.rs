@@ -8,7 +8,7 @@ use nix::unistd::Pid;
 use river_tests::client::{self, Connection};
 use river_tests::river::{alive, listening_inodes, socket_inodes, River};
 use river_tests::upstream::Upstream;
-use river_tests::{free_port, wait_for};
+use river_tests::{free_port, wait_for, wait_gone};
 
 fn proxy_service(port: u16, upstream: SocketAddr) -> String {
     format!(
@@ -160,9 +160,7 @@ fn sigquit_finishes_the_request_in_flight_then_exits() {
     let status = river.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "master exit status {status}");
     assert!(!river.pid_file().exists(), "pid file removed");
-    wait_for("workers to exit", Duration::from_secs(5), || {
-        workers.iter().all(|pid| !alive(*pid)).then_some(())
-    });
+    wait_gone("workers to exit", &workers, Duration::from_secs(5));
 }
 
 #[test]
@@ -175,9 +173,7 @@ fn workers_exit_when_the_master_is_killed() {
 
     river.signal(Signal::SIGKILL);
     river.wait_exit(Duration::from_secs(5));
-    wait_for("orphaned workers to exit", Duration::from_secs(5), || {
-        workers.iter().all(|pid| !alive(*pid)).then_some(())
-    });
+    wait_gone("orphaned workers to exit", &workers, Duration::from_secs(5));
 }
 
 /// Each bad config: `river --validate` and `river -c` both fail with file:line:column.

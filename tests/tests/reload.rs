@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 use river_tests::client::{self, Connection};
 use river_tests::river::{alive, children, listening_inodes, process_state, River};
 use river_tests::upstream::Upstream;
-use river_tests::{free_port, local, tagged_proxy, wait_for};
+use river_tests::{free_port, hold_request, local, tagged_proxy, wait_for, wait_gone};
 
 fn reload(river: &River) -> String {
     let output = river.riverctl(&["reload"]);
@@ -160,9 +160,11 @@ fn the_request_in_flight_completes_on_the_old_generation() {
     let response = slow.join().unwrap().expect("in-flight request completes");
     assert_eq!(response.status, 200);
     assert_eq!(response.header("x-gen"), Some("old"));
-    wait_for("the old generation to exit", Duration::from_secs(5), || {
-        old_workers.iter().all(|pid| !alive(*pid)).then_some(())
-    });
+    wait_gone(
+        "the old generation to exit",
+        &old_workers,
+        Duration::from_secs(5),
+    );
 }
 
 #[test]
@@ -230,18 +232,15 @@ fn a_draining_worker_is_killed_at_its_deadline() {
     let river = River::start(system, &tagged_proxy("S", &[port], upstream.addr, "old"));
     let old_workers = river.workers();
 
-    let held = std::thread::spawn(move || client::get(local(port), "/hold"));
-    wait_for("the held request upstream", Duration::from_secs(5), || {
-        (upstream.requests() == 1).then_some(())
-    });
+    let held = hold_request(&upstream, port);
     river.rewrite_config(system, &tagged_proxy("S", &[port], upstream.addr, "new"));
     let reloaded = Instant::now();
     reload(&river);
     assert_eq!(x_gen(port), "new");
-    wait_for(
+    wait_gone(
         "the old worker to be killed",
+        &old_workers,
         Duration::from_secs(4),
-        || old_workers.iter().all(|pid| !alive(*pid)).then_some(()),
     );
     assert!(reloaded.elapsed() < Duration::from_secs(4));
     assert!(held.join().unwrap().is_err(), "the held request was cut");
@@ -258,13 +257,7 @@ fn max_draining_generations_bounds_the_generations_alive() {
     let mut held = Vec::new();
     for generation in 1..=10 {
         // Every generation holds a request, so none drains by itself.
-        let before = upstream.requests();
-        held.push(std::thread::spawn(move || {
-            client::get(local(port), "/hold")
-        }));
-        wait_for("a held request", Duration::from_secs(5), || {
-            (upstream.requests() > before).then_some(())
-        });
+        held.push(hold_request(&upstream, port));
         river.rewrite_config(
             system,
             &tagged_proxy("S", &[port], upstream.addr, &generation.to_string()),
@@ -350,10 +343,7 @@ fn status_shows_serving_and_draining_generations() {
         "    workers 2",
         &tagged_proxy("S", &[port], upstream.addr, "1"),
     );
-    let held = std::thread::spawn(move || client::get(local(port), "/hold"));
-    wait_for("a held request", Duration::from_secs(5), || {
-        (upstream.requests() == 1).then_some(())
-    });
+    let held = hold_request(&upstream, port);
     reload(&river);
 
     let status = status_json(&river);
@@ -499,17 +489,14 @@ fn draining_workers_over_the_memory_limit_are_killed() {
     let system = "    workers 1\n    draining-memory-limit-mb 1";
     let river = River::start(system, &tagged_proxy("S", &[port], upstream.addr, "old"));
     let old_workers = river.workers();
-    let held = std::thread::spawn(move || client::get(local(port), "/hold"));
-    wait_for("the held request upstream", Duration::from_secs(5), || {
-        (upstream.requests() == 1).then_some(())
-    });
+    let held = hold_request(&upstream, port);
 
     river.rewrite_config(system, &tagged_proxy("S", &[port], upstream.addr, "new"));
     reload(&river);
-    wait_for(
+    wait_gone(
         "the draining worker to be killed",
+        &old_workers,
         Duration::from_secs(5),
-        || old_workers.iter().all(|pid| !alive(*pid)).then_some(()),
     );
     river.wait_log("draining-memory-limit-mb exceeded", 1);
     assert!(held.join().unwrap().is_err(), "the held request was cut");
