@@ -136,6 +136,7 @@ struct Generation {
     deadline: Option<Instant>,
     /// Set once SIGTERM went out: when to send SIGKILL.
     kill_at: Option<Instant>,
+    drain_started: Option<Instant>,
     /// Callers waiting for this generation's reload outcome.
     waiters: Vec<Reply>,
 }
@@ -374,6 +375,7 @@ impl Supervisor {
             started,
             deadline: Some(started + startup_timeout),
             kill_at: None,
+            drain_started: None,
             waiters,
         };
         for index in 0..config.system.workers {
@@ -491,7 +493,7 @@ impl Supervisor {
             if done && gen.state == State::Draining {
                 tracing::info!(
                     generation = gen.number,
-                    secs = gen.started.elapsed().as_secs_f64(),
+                    drain_secs = gen.drain_started.map_or(0.0, |t| t.elapsed().as_secs_f64()),
                     "generation drained"
                 );
             }
@@ -533,6 +535,7 @@ impl Supervisor {
                 retired.push(gen.number);
                 let drain = Duration::from_secs(gen.inputs.config.system.drain_timeout_secs);
                 gen.state = State::Draining;
+                gen.drain_started = Some(now);
                 gen.deadline = Some(now + drain);
                 for slot in &mut gen.slots {
                     slot.restart_at = None;
