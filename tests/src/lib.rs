@@ -3,6 +3,7 @@
 //! running `river` master.
 
 pub mod client;
+pub mod features;
 pub mod river;
 pub mod upstream;
 

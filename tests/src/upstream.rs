@@ -49,6 +49,46 @@ impl Upstream {
         upstream
     }
 
+    /// As [`Upstream::start`], on a chosen address (to bring a stopped
+    /// upstream back on its port). Retries while the old socket lingers.
+    pub fn start_on(name: &str, addr: SocketAddr) -> Upstream {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match TcpListener::bind(addr) {
+                Ok(listener) => break listener,
+                Err(err) if std::time::Instant::now() < deadline => {
+                    let _ = err;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(err) => panic!("bind upstream {addr}: {err}"),
+            }
+        };
+        let upstream = Upstream {
+            addr,
+            name: name.to_owned(),
+            requests: Arc::default(),
+            held: Arc::new((Mutex::new(false), Condvar::new())),
+            stop: Arc::default(),
+        };
+        let (name, requests, held, stop) = (
+            upstream.name.clone(),
+            upstream.requests.clone(),
+            upstream.held.clone(),
+            upstream.stop.clone(),
+        );
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop.load(Ordering::Acquire) {
+                    return;
+                }
+                let Ok(stream) = stream else { continue };
+                let (name, requests, held) = (name.clone(), requests.clone(), held.clone());
+                std::thread::spawn(move || serve(stream, &name, &requests, &held));
+            }
+        });
+        upstream
+    }
+
     /// Requests answered (or being answered) so far.
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::Acquire)

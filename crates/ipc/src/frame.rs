@@ -396,15 +396,10 @@ mod tests {
                 let n = (rng.below(16) as usize + 1).min(rest.len());
                 dec.push(&rest[..n]);
                 rest = &rest[n..];
-                loop {
-                    match dec.next_frame() {
-                        Ok(Some(f)) => {
-                            assert!(f.nfds <= MAX_FDS_PER_FRAME);
-                            let _ = f.decode::<ToWorker>();
-                            let _ = f.decode::<serde_json::Value>();
-                        }
-                        Ok(None) | Err(_) => break,
-                    }
+                while let Ok(Some(f)) = dec.next_frame() {
+                    assert!(f.nfds <= MAX_FDS_PER_FRAME);
+                    let _ = f.decode::<ToWorker>();
+                    let _ = f.decode::<serde_json::Value>();
                 }
             }
         }

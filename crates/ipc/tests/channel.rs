@@ -495,6 +495,19 @@ async fn concurrent_senders_and_select_receiver() {
             }
         }));
     }
+    // `a` reads concurrently with its own sends, as a worker does: a peer that
+    // never reads would fill b's send buffer and stall b's receive loop.
+    let pings = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let mut pings = 0;
+            while let Some((msg, _)) = a.recv::<ToWorker>().await.unwrap() {
+                assert_eq!(msg, ToWorker::ReopenLogs);
+                pings += 1;
+            }
+            pings
+        })
+    };
     // The receiving side selects between recv and its own sends on the same channel.
     let mut received = 0;
     let mut ticks = tokio::time::interval(Duration::from_millis(1));
@@ -513,12 +526,7 @@ async fn concurrent_senders_and_select_receiver() {
     }
     // The other direction arrived intact too.
     drop(b);
-    let mut pings = 0;
-    while let Some((msg, _)) = a.recv::<ToWorker>().await.unwrap() {
-        assert_eq!(msg, ToWorker::ReopenLogs);
-        pings += 1;
-    }
-    assert!(pings > 0);
+    assert!(pings.await.unwrap() > 0);
 }
 
 #[tokio::test]

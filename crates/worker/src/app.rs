@@ -2,32 +2,43 @@
 //! upstream; the others answer in `request_filter`, so keep-alive, draining and
 //! logging behave the same for all of them.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{ProxyHttp, Session};
-use river_config::{ProxyService, Service, ServiceKind, Upstream};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use river_config::{ProxyService, RequestFilter, Service, ServiceKind};
 
+use crate::access_log::{AccessLog, Entry};
+use crate::cidr::CidrBlocklist;
+use crate::file_server::FileServer;
 use crate::filters::{apply_all, compile_all, CompiledHeaderFilter, FilterError};
+use crate::rate_limit::{RateLimitError, RateLimiter};
+use crate::respond::{respond, respond_status, status_body};
+use crate::upstreams::{peer, UpstreamError, Upstreams};
 
 /// One configured service, built once per generation.
 pub struct RiverApp {
     name: String,
     logic: Logic,
+    access_log: Option<AccessLog>,
 }
 
 enum Logic {
-    Proxy(Proxy),
+    Proxy(Box<Proxy>),
+    Files(FileServer),
     Static(Bytes),
 }
 
 struct Proxy {
-    upstreams: Vec<Upstream>,
-    next: AtomicUsize,
+    upstreams: Arc<Upstreams>,
+    blocked: CidrBlocklist,
+    rate_limiter: RateLimiter,
     upstream_request: Vec<CompiledHeaderFilter>,
     upstream_response: Vec<CompiledHeaderFilter>,
 }
@@ -39,30 +50,58 @@ pub enum BuildError {
         service: String,
         source: FilterError,
     },
-    #[error("service `{service}`: {what} is not supported by this build yet")]
-    Unsupported { service: String, what: &'static str },
+    #[error("service `{service}`: {source}")]
+    RateLimit {
+        service: String,
+        source: RateLimitError,
+    },
+    #[error("service `{service}`: {source}")]
+    Upstreams {
+        service: String,
+        source: UpstreamError,
+    },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("service `{service}`: file-server base-path {path}: {source}")]
+    BasePath {
+        service: String,
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    started: Instant,
+    /// Upstreams this request failed to connect to, not to be picked again.
+    tried: Vec<SocketAddr>,
+    /// The upstream of the last attempt, for the access log.
+    upstream: Option<SocketAddr>,
 }
 
 impl RiverApp {
-    pub fn build(service: &Service) -> Result<Self, BuildError> {
+    /// Build `service`; must run inside the worker's runtime (health checks
+    /// are spawned on it).
+    pub fn build(service: &Service, access_log: Option<AccessLog>) -> Result<Self, BuildError> {
         let logic = match &service.kind {
             ServiceKind::Proxy(proxy) => {
-                Logic::Proxy(Proxy::build(proxy).map_err(|source| BuildError::Filter {
-                    service: service.name.clone(),
-                    source,
-                })?)
+                Logic::Proxy(Box::new(Proxy::build(&service.name, proxy)?))
             }
             ServiceKind::WelcomePage => Logic::Static(Bytes::from(crate::welcome::page())),
-            ServiceKind::FileServer(_) => {
-                return Err(BuildError::Unsupported {
-                    service: service.name.clone(),
-                    what: "file-server",
-                })
+            ServiceKind::FileServer(files) => {
+                Logic::Files(FileServer::new(&files.base_path).map_err(|source| {
+                    BuildError::BasePath {
+                        service: service.name.clone(),
+                        path: files.base_path.display().to_string(),
+                        source,
+                    }
+                })?)
             }
         };
         Ok(RiverApp {
             name: service.name.clone(),
             logic,
+            access_log,
         })
     }
 
@@ -72,81 +111,175 @@ impl RiverApp {
 }
 
 impl Proxy {
-    fn build(config: &ProxyService) -> Result<Self, FilterError> {
+    fn build(service: &str, config: &ProxyService) -> Result<Self, BuildError> {
+        let filter_error = |source| BuildError::Filter {
+            service: service.to_owned(),
+            source,
+        };
+        let upstreams = Arc::new(
+            Upstreams::build(&config.upstreams, &config.load_balance).map_err(|source| {
+                BuildError::Upstreams {
+                    service: service.to_owned(),
+                    source,
+                }
+            })?,
+        );
+        upstreams.spawn_health_checks();
+        let blocked = CidrBlocklist::new(config.path_control.request_filters.iter().flat_map(
+            |filter| match filter {
+                RequestFilter::BlockCidrRange { addrs } => addrs.iter().copied(),
+            },
+        ));
         Ok(Proxy {
-            upstreams: config.upstreams.clone(),
-            next: AtomicUsize::new(0),
-            upstream_request: compile_all(&config.path_control.upstream_request)?,
-            upstream_response: compile_all(&config.path_control.upstream_response)?,
+            upstreams,
+            blocked,
+            rate_limiter: RateLimiter::build(&config.rate_limiting).map_err(|source| {
+                BuildError::RateLimit {
+                    service: service.to_owned(),
+                    source,
+                }
+            })?,
+            upstream_request: compile_all(&config.path_control.upstream_request)
+                .map_err(filter_error)?,
+            upstream_response: compile_all(&config.path_control.upstream_response)
+                .map_err(filter_error)?,
         })
     }
 
-    fn pick(&self) -> &Upstream {
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.upstreams.len();
-        &self.upstreams[index]
+    /// The request filters and rate limits: Some(status) refuses the request.
+    fn admission(&self, client: Option<IpAddr>, path: &str) -> Option<u16> {
+        // River answers 400 to blocked clients; 403 says what happened.
+        if client.is_some_and(|ip| self.blocked.blocks(ip)) {
+            return Some(403);
+        }
+        if !self.rate_limiter.is_empty() && !self.rate_limiter.admit(client, path) {
+            return Some(429);
+        }
+        None
     }
 }
 
-fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+fn client_ip(session: &Session) -> Option<IpAddr> {
     match session.as_downstream().client_addr()? {
         pingora_core::protocols::l4::socket::SocketAddr::Inet(addr) => Some(addr.ip()),
         _ => None,
     }
 }
 
-async fn respond_static(session: &mut Session, body: &Bytes) -> Result<()> {
-    let mut resp = ResponseHeader::build(200, Some(3))?;
-    resp.insert_header("content-type", "text/html; charset=utf-8")?;
-    resp.insert_header("content-length", body.len().to_string())?;
-    let head_only = session.req_header().method == http::Method::HEAD;
-    session
-        .write_response_header(Box::new(resp), head_only)
-        .await?;
-    if !head_only {
-        session
-            .write_response_body(Some(body.clone()), true)
-            .await?;
-    }
-    Ok(())
-}
-
 #[async_trait]
 impl ProxyHttp for RiverApp {
-    type CTX = ();
+    type CTX = RequestCtx;
 
-    fn new_ctx(&self) -> Self::CTX {}
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx {
+            started: Instant::now(),
+            tried: Vec::new(),
+            upstream: None,
+        }
+    }
 
-    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Result<bool> {
         match &self.logic {
-            Logic::Proxy(_) => Ok(false),
+            Logic::Proxy(proxy) => {
+                let client = client_ip(session);
+                let refused = proxy.admission(client, session.req_header().uri.path());
+                match refused {
+                    Some(status) => {
+                        respond_status(session, status).await?;
+                        Ok(true)
+                    }
+                    None => Ok(false),
+                }
+            }
+            Logic::Files(files) => {
+                files.serve(session).await?;
+                Ok(true)
+            }
             Logic::Static(body) => {
-                respond_static(session, body).await?;
+                respond(session, 200, "text/html; charset=utf-8", &[], body.clone()).await?;
                 Ok(true)
             }
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let Logic::Proxy(proxy) = &self.logic else {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "service has no upstreams",
             ));
         };
-        let upstream = proxy.pick();
-        let peer = HttpPeer::new(
-            upstream.address,
-            upstream.tls_sni.is_some(),
-            upstream.tls_sni.clone().unwrap_or_default(),
-        );
-        Ok(Box::new(peer))
+        let key = proxy
+            .upstreams
+            .key(client_ip(session), session.req_header().uri.path());
+        let Some(upstream) = proxy.upstreams.select(&key, &ctx.tried) else {
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(502),
+                "no upstream left to try",
+            ));
+        };
+        ctx.upstream = Some(upstream.address);
+        Ok(Box::new(peer(upstream)))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing was sent yet, so any request may go to another upstream.
+        if let (Logic::Proxy(proxy), Some(failed)) = (&self.logic, ctx.upstream) {
+            ctx.tried.push(failed);
+            if ctx.tried.len() < proxy.upstreams.len() {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        // As pingora's default, with a short body saying what happened.
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                pingora_core::ErrorSource::Upstream => 502,
+                pingora_core::ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                pingora_core::ErrorSource::Internal | pingora_core::ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 {
+            if let Err(err) = session
+                .respond_error_with_body(code, status_body(code))
+                .await
+            {
+                tracing::debug!(error = %err, "could not send the error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
         request: &mut RequestHeader,
-        _ctx: &mut (),
+        _ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(ip) = client_ip(session) {
             let forwarded = match request.headers.get("x-forwarded-for") {
@@ -176,11 +309,28 @@ impl ProxyHttp for RiverApp {
         &self,
         _session: &mut Session,
         response: &mut ResponseHeader,
-        _ctx: &mut (),
+        _ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Logic::Proxy(proxy) = &self.logic {
             apply_all(&proxy.upstream_response, response);
         }
         Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let Some(log) = &self.access_log else {
+            return;
+        };
+        let request = session.req_header();
+        let upstream = ctx.upstream.map(|a| a.to_string());
+        log.log(&Entry {
+            client: client_ip(session),
+            method: request.method.as_str(),
+            path: request.uri.path(),
+            status: session.response_written().map_or(0, |r| r.status.as_u16()),
+            bytes_sent: session.as_downstream().body_bytes_sent(),
+            upstream: upstream.as_deref(),
+            duration: ctx.started.elapsed(),
+        });
     }
 }

@@ -2,10 +2,17 @@
 //! sockets from the master, drops privileges, serves them with pingora, and
 //! drains on request or when the master goes away.
 
+mod access_log;
 mod app;
+mod cidr;
+mod file_server;
 mod filters;
 mod privileges;
+mod rate_limit;
+mod respond;
 mod serve;
+mod tls;
+mod upstreams;
 mod welcome;
 
 use std::collections::HashMap;
@@ -152,10 +159,9 @@ async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerEr
         });
     }
     // The access log, when there is one, travels after the listeners.
-    let _access_log = if hello.access_log {
-        fds.pop().map(std::fs::File::from)
-    } else {
-        None
+    let access_log = match hello.access_log.then(|| fds.pop()).flatten() {
+        Some(fd) => Some(access_log::AccessLog::install(std::fs::File::from(fd))?),
+        None => None,
     };
     let mut sockets: HashMap<&ListenAddress, OwnedFd> = hello.listeners.iter().zip(fds).collect();
 
@@ -179,13 +185,22 @@ async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerEr
     for service in &hello.config.services {
         let app = Arc::new(pingora_proxy::http_proxy(
             &server_conf,
-            RiverApp::build(service)?,
+            RiverApp::build(service, access_log.clone())?,
         ));
         for listener in &service.listeners {
             let fd = sockets
                 .remove(&listener.address)
                 .ok_or_else(|| WorkerError::MissingListener(listener.address.clone()))?;
-            loops.push((serve::Inherited::adopt(&listener.address, fd)?, app.clone()));
+            // An unusable certificate fails start-up, naming the listener.
+            let acceptor = match &listener.tls {
+                Some(settings) => Some(
+                    tls::acceptor(&listener.address, &hello.tls, settings.offer_h2)
+                        .map_err(BuildError::from)?,
+                ),
+                None => None,
+            };
+            let endpoint = Arc::new(tls::Endpoint::new(app.clone(), acceptor));
+            loops.push((serve::Inherited::adopt(&listener.address, fd)?, endpoint));
         }
         apps.push(app);
     }
@@ -237,7 +252,12 @@ async fn supervise(mut running: Running, channel: &Channel) -> Result<(), Worker
                     running.close_idle().await;
                     draining = true;
                 }
-                Ok(Some((ToWorker::ReopenLogs, _))) => {}
+                Ok(Some((ToWorker::ReopenLogs, fds))) => {
+                    // The master opened the file anew (it may be root-only).
+                    if let Some(fd) = fds.into_iter().next() {
+                        access_log::reopen(std::fs::File::from(fd)).await;
+                    }
+                }
                 Ok(Some((ToWorker::Hello(_), _))) => tracing::warn!("ignoring a second Hello"),
                 Ok(None) | Err(_) => {
                     // Nobody will take over these connections: close idle ones now.
