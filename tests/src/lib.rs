@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod features;
+pub mod load;
 pub mod river;
 pub mod upstream;
 

@@ -1,12 +1,11 @@
 //! Issue 3: hot reload swaps generations with zero failed requests, rolls back
 //! on any failure, and bounds what draining generations cost.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use river_tests::client::{self, Connection};
+use river_tests::client;
+use river_tests::load::Load;
 use river_tests::river::{alive, children, listening_inodes, process_state, River};
 use river_tests::upstream::Upstream;
 use river_tests::{free_port, hold_request, local, tagged_proxy, wait_for, wait_gone};
@@ -53,54 +52,7 @@ fn reloads_under_keepalive_load_fail_no_request() {
         &tagged_proxy("S", &[port], upstream.addr, "0"),
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let succeeded = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-    let last_seen = Arc::new(Mutex::new(String::new()));
-    let clients: Vec<_> = (0..16)
-        .map(|_| {
-            let (stop, succeeded, failures, last_seen) = (
-                stop.clone(),
-                succeeded.clone(),
-                failures.clone(),
-                last_seen.clone(),
-            );
-            std::thread::spawn(move || {
-                let mut connection = Connection::open(local(port)).expect("connect");
-                while !stop.load(Ordering::Acquire) {
-                    match connection.get("/", &[]) {
-                        Ok(response) if response.status == 200 => {
-                            succeeded.fetch_add(1, Ordering::AcqRel);
-                            *last_seen.lock().unwrap() =
-                                response.header("x-gen").unwrap_or("").to_owned();
-                            if response.closes() {
-                                // A draining worker said goodbye: move to the new generation.
-                                connection = match Connection::open(local(port)) {
-                                    Ok(c) => c,
-                                    Err(err) => {
-                                        failures.lock().unwrap().push(format!("reconnect: {err}"));
-                                        return;
-                                    }
-                                };
-                            }
-                        }
-                        Ok(response) => failures
-                            .lock()
-                            .unwrap()
-                            .push(format!("status {}", response.status)),
-                        Err(err) => {
-                            failures.lock().unwrap().push(format!("request: {err}"));
-                            match Connection::open(local(port)) {
-                                Ok(c) => connection = c,
-                                Err(_) => return,
-                            }
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-
+    let load = Load::keep_alive(local(port), 16, "/");
     let reloads = 30;
     for generation in 1..=reloads {
         river.rewrite_config(
@@ -115,25 +67,12 @@ fn reloads_under_keepalive_load_fail_no_request() {
     wait_for(
         "responses from the last generation",
         Duration::from_secs(5),
-        || (*last_seen.lock().unwrap() == reloads.to_string()).then_some(()),
+        || {
+            let last = load.last_response()?;
+            (last.header("x-gen") == Some(&*reloads.to_string())).then_some(())
+        },
     );
-    stop.store(true, Ordering::Release);
-    for client in clients {
-        client.join().unwrap();
-    }
-    let failures = failures.lock().unwrap();
-    let succeeded = succeeded.load(Ordering::Acquire);
-    assert!(
-        failures.is_empty(),
-        "{} failed of {}: {:?}",
-        failures.len(),
-        succeeded + failures.len(),
-        &failures[..failures.len().min(10)]
-    );
-    assert!(
-        succeeded > 1000,
-        "only {succeeded} requests during {reloads} reloads"
-    );
+    load.finish().assert_clean(1000);
 }
 
 #[test]
