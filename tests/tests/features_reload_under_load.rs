@@ -27,7 +27,7 @@ fn services(
     certs: &Path,
 ) -> String {
     let upstream = upstreams[n % 2].addr;
-    let blocked = if n % 2 == 0 {
+    let blocked = if n.is_multiple_of(2) {
         "10.0.0.0/8"
     } else {
         "192.168.0.0/16, 2001:db8::/32"
