@@ -323,3 +323,52 @@ fn a_busy_port_is_reported_before_daemonizing() {
         "{stderr}"
     );
 }
+
+/// `river` with no arguments serves the embedded default: a welcome page on
+/// 127.0.0.1:8080. The one test on a fixed port, since that port is the point.
+#[test]
+fn without_a_config_river_serves_its_welcome_page() {
+    let port = 8080;
+    if std::net::TcpListener::bind(local(port)).is_err() {
+        eprintln!("skipped: 127.0.0.1:{port} is in use, and the embedded default needs it");
+        return;
+    }
+    /// Kills the master if the test fails before it exits.
+    struct Master(std::process::Child);
+    impl Drop for Master {
+        fn drop(&mut self) {
+            for worker in river_tests::river::children(self.0.id()) {
+                let _ = kill(Pid::from_raw(worker as i32), Signal::SIGKILL);
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut master = Master(
+        std::process::Command::new(river_tests::river::binary("river"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn river"),
+    );
+    let page = wait_for("the welcome page", Duration::from_secs(10), || {
+        client::get(local(port), "/").ok()
+    });
+    let workers = river_tests::river::children(master.0.id());
+    let _ = kill(Pid::from_raw(master.0.id() as i32), Signal::SIGTERM);
+    let status = wait_for("river to exit", Duration::from_secs(10), || {
+        master.0.try_wait().ok().flatten()
+    });
+    wait_gone("workers to exit", &workers, Duration::from_secs(5));
+
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let text = page.text();
+    assert!(text.contains("Welcome to River"), "{text}");
+    assert!(text.contains(env!("CARGO_PKG_VERSION")), "{text}");
+    assert!(status.success(), "fast shutdown exits 0: {status}");
+}
