@@ -351,6 +351,47 @@ check "the pid file is gone after stop" test ! -e "$PIDFILE"
 "$INIT" status >/dev/null 2>&1
 check "$INIT status exits 3 after stop" test $? -eq 3
 
+# --- The unit's privileges, without systemd: run the master with the unit's
+# CapabilityBoundingSet and NoNewPrivileges=yes (setpriv) and check that it
+# serves, drops its workers to river, reloads and stops. Catches a capability
+# the master needs but the unit takes away (e.g. CAP_KILL: without it a stop
+# cannot signal the workers and hangs).
+if command -v setpriv >/dev/null; then
+    caps=$(sed -n 's/^CapabilityBoundingSet=//p' /lib/systemd/system/river.service \
+        | tr 'A-Z' 'a-z' | sed -e 's/cap_/+/g' -e 's/  */,/g' -e 's/,$//')
+    install -d -m 0755 /run/river
+    # shellcheck disable=SC2086
+    setpriv --no-new-privs --inh-caps=-all --bounding-set=-all,$caps \
+        /usr/sbin/river -c "$CONF" --pidfile "$PIDFILE" >"$work/setpriv.log" 2>&1 &
+    hardened=$!
+    for _ in $(seq 50); do
+        riverctl -c "$CONF" status 2>/dev/null | grep -q ' serving' && break
+        sleep 0.2
+    done
+    if get http://127.0.0.1:8080/ && [ "$(header x-served-by)" = river ]; then
+        pass "with only $caps and no_new_privs, the master serves"
+    else
+        sed 's/^/  river: /' "$work/setpriv.log"
+        fail "with only $caps and no_new_privs, the master serves"
+    fi
+    # shellcheck disable=SC2046
+    check "... and its workers run as river" owned_by_river $(pgrep -P "$hardened")
+    check "... and it reloads" sh -c "riverctl -c '$CONF' reload >/dev/null"
+    riverctl -c "$CONF" stop >/dev/null 2>&1
+    for _ in $(seq 50); do
+        [ -z "$(package_pids)" ] && break
+        sleep 0.2
+    done
+    if [ -z "$(package_pids)" ]; then
+        pass "... and riverctl stop ends the master and its workers"
+    else
+        fail "... and riverctl stop ends the master and its workers (left: $(package_pids | tr '\n' ' '))"
+        # shellcheck disable=SC2046
+        kill -KILL $(package_pids) 2>/dev/null
+    fi
+    wait "$hardened" 2>/dev/null
+fi
+
 # --- Remove keeps the config; purge removes everything.
 check "dpkg --remove river succeeds" sh -c 'dpkg --remove river >/dev/null 2>&1'
 check "remove keeps $CONF" test -f "$CONF"
