@@ -7,7 +7,7 @@
 set -uo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-cd "$repo"
+cd "$repo" || exit 1
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "packaging/test.sh: SKIPPED: must run as root (it installs and purges the river package)"
@@ -56,7 +56,6 @@ package_pids() {
     done
 }
 
-installed() { dpkg-query -W -f='${Status}' river 2>/dev/null | grep -q 'install ok'; }
 known_to_dpkg() { dpkg-query -W river >/dev/null 2>&1; }
 
 cleanup() {
