@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# Hot reload: River vs nginx vs HAProxy, side by side in one run. See bench/README.md.
+#   a. failed requests under keep-alive load (wrk -c32, ~7 s) with a reload every 200 ms;
+#   b. reload latency: signal -> a fresh connection sees the new config (15 reloads);
+#   c. peak processes and RSS after 20 reloads (500 ms apart) while long requests keep arriving.
+#
+# Environment: PIN=0 to run (a) and (b) unpinned, RIVER=path to the river binary,
+# ONLY="a b c" to run a subset.
+source "$(dirname "$0")/lib.sh"
+bench_init
+
+LAB=$BENCH_DIR/reloadlab.py
+ONLY=${ONLY:-a b c}
+RELOADS_A=33
+INTERVAL_A=0.2
+WRK_A=(-t1 -c32 -d7s --latency)
+LATENCY_COUNT=15
+RELOADS_C=20
+
+# ---------------------------------------------------------------- configs (templates: @GEN@)
+
+# river_template DIR PORT UPSTREAM WORKERS THREADS
+river_template() {
+    cat >"$1/river.kdl.in" <<EOF
+system {
+    workers $4
+    threads-per-service $5
+    pid-file "$1/river.pid"
+    control-socket "$1/river.sock"
+    drain-timeout-secs 60
+    max-draining-generations 2
+}
+services {
+    Proxy {
+        listeners {
+            "127.0.0.1:$2"
+        }
+        connectors {
+            "127.0.0.1:$3"
+        }
+        path-control {
+            upstream-response {
+                filter kind="upsert-header" key="x-gen" value="@GEN@"
+            }
+        }
+    }
+}
+EOF
+    sed 's/@GEN@/1/' "$1/river.kdl.in" >"$1/river.kdl"
+}
+
+# nginx_template DIR PORT UPSTREAM WORKERS
+nginx_template() {
+    {
+        nginx_conf_head "$1" "$4"
+        cat <<EOF
+    upstream backend {
+        server 127.0.0.1:$3;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$2 backlog=4096;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_read_timeout 120s;
+            add_header x-gen @GEN@ always;
+        }
+    }
+}
+EOF
+    } >"$1/nginx.conf.in"
+    sed 's/@GEN@/1/' "$1/nginx.conf.in" >"$1/nginx.conf"
+}
+
+# haproxy_template DIR PORT UPSTREAM THREADS
+haproxy_template() {
+    {
+        haproxy_cfg_head "$1" "$4"
+        cat <<EOF
+frontend fe
+    bind 127.0.0.1:$2
+    http-response set-header x-gen @GEN@
+    default_backend be
+backend be
+    server up 127.0.0.1:$3
+EOF
+    } >"$1/haproxy.cfg.in"
+    sed 's/@GEN@/1/' "$1/haproxy.cfg.in" >"$1/haproxy.cfg"
+}
+
+# start_proxy NAME DIR PORT UPSTREAM PROCS CPUS: sets PROXY_PID, SIG, CONF
+start_proxy() {
+    local name=$1 dir=$2 port=$3 upstream=$4 procs=$5 cpus=$6
+    mkdir -p "$dir"
+    case $name in
+        River)
+            river_template "$dir" "$port" "$upstream" "$procs" 1
+            start_river "$dir" "$cpus"
+            PROXY_PID=$RIVER_PID SIG=HUP CONF=$dir/river.kdl ;;
+        nginx)
+            nginx_template "$dir" "$port" "$upstream" "$procs"
+            start_nginx "$dir" "$cpus"
+            PROXY_PID=$NGINX_PID SIG=HUP CONF=$dir/nginx.conf ;;
+        HAProxy)
+            haproxy_template "$dir" "$port" "$upstream" "$procs"
+            start_haproxy "$dir" "$cpus"
+            PROXY_PID=$HAPROXY_PID SIG=USR2 CONF=$dir/haproxy.cfg ;;
+    esac
+    wait_port "$port"
+}
+
+kv() { # KEY LINE: value of key=value in LINE
+    tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"
+}
+
+declare -A A_REQ A_FAIL A_SOCK A_NON2XX A_SIGS A_GENS B_MED B_MAX B_ERR C_PEAKP C_PEAKR C_ENDP C_ENDR C_LONG C_CUT
+
+# ---------------------------------------------------------------- a + b
+if [[ $ONLY == *a* || $ONLY == *b* ]]; then
+    start_fast_upstream
+    for name in River nginx HAProxy; do
+        dir=$WORK/ab-$name
+        port=$(free_port)
+        start_proxy "$name" "$dir" "$port" "$UPSTREAM_PORT" 1 "$PROXY_CPUS"
+        run_wrk "$dir/warm.txt" -t1 -c32 -d1s "http://127.0.0.1:$port/"
+        gen=2
+        if [[ $ONLY == *a* ]]; then
+            $(pin "$LOAD_CPUS") wrk "${WRK_A[@]}" "http://127.0.0.1:$port/" >"$dir/wrk.txt" 2>&1 &
+            wrk_pid=$!
+            track $wrk_pid
+            sleep 0.2
+            loop=$(python3 "$LAB" hup-loop --pid "$PROXY_PID" --signal $SIG --template "$CONF.in" \
+                --config "$CONF" --interval $INTERVAL_A --count $RELOADS_A)
+            wait $wrk_pid || true
+            read -r rps p99 reqs errs non2xx <<<"$(wrk_stats "$dir/wrk.txt")"
+            A_REQ[$name]=$reqs A_SOCK[$name]=$errs A_NON2XX[$name]=$non2xx A_FAIL[$name]=$((errs + non2xx))
+            A_SIGS[$name]=$(kv signals "$loop")
+            A_GENS[$name]=-
+            if [ "$name" = River ]; then
+                A_GENS[$name]=$(($(grep -c "generation serving" "$dir/river.log" || true) - 1))
+            fi
+            echo "  a. $name: requests=$reqs socket_errors=$errs non2xx=$non2xx signals=${A_SIGS[$name]} $(grep 'Socket errors' "$dir/wrk.txt" | sed 's/^ *//')" >&2
+            gen=$((RELOADS_A + 2))
+            sleep 1
+        fi
+        if [[ $ONLY == *b* ]]; then
+            res=$(python3 "$LAB" latency --pid "$PROXY_PID" --signal $SIG --template "$CONF.in" \
+                --config "$CONF" --port "$port" --count $LATENCY_COUNT --first-gen $gen)
+            B_MED[$name]=$(kv median_ms "$res") B_MAX[$name]=$(kv max_ms "$res")
+            B_ERR[$name]=$(($(kv poll_errors "$res") + $(kv non200 "$res") + $(kv not_seen "$res")))
+            echo "  b. $name: $res" >&2
+        fi
+        kill_tree "$PROXY_PID"
+    done
+    kill_tree "$UPSTREAM_PID"
+fi
+
+# ---------------------------------------------------------------- c
+if [[ $ONLY == *c* ]]; then
+    SLOW_PORT=$(free_port)
+    python3 "$LAB" slow-upstream "$SLOW_PORT" --hold 60 >"$WORK/slow-upstream.log" 2>&1 &
+    track $!
+    wait_port "$SLOW_PORT"
+    for name in River nginx HAProxy; do
+        dir=$WORK/c-$name
+        port=$(free_port)
+        start_proxy "$name" "$dir" "$port" "$SLOW_PORT" 2 ""
+        res=$(python3 "$LAB" procs --pid "$PROXY_PID" --signal $SIG --template "$CONF.in" \
+            --config "$CONF" --port "$port" --reloads $RELOADS_C --interval 0.5)
+        C_PEAKP[$name]=$(kv peak_procs "$res") C_PEAKR[$name]=$(kv peak_rss_mib "$res")
+        C_ENDP[$name]=$(kv end_procs "$res") C_ENDR[$name]=$(kv end_rss_mib "$res")
+        C_LONG[$name]=$(kv long_requests "$res") C_CUT[$name]=$(kv long_ended_early "$res")
+        echo "  c. $name: $res" >&2
+        if [ "$name" = River ]; then
+            grep -E "killed|limit|oldest|drain" "$dir/river.log" | sed 's/^/     river.log: /' | tail -5 >&2 || true
+        fi
+        kill_tree "$PROXY_PID"
+    done
+fi
+
+# ---------------------------------------------------------------- tables
+echo
+echo "Hot reload, River vs nginx vs HAProxy. $(machine_note)"
+echo
+if [[ $ONLY == *a* || $ONLY == *b* ]]; then
+    echo "(a), (b): River \`workers 1; threads-per-service 1\`, nginx \`worker_processes 1\`, HAProxy \`nbthread 1\` (master-worker \`-W\`);"
+    echo "the same upstream (nginx \`return 200\`)$([ "$PIN" = 1 ] && echo "; proxy on cpu $PROXY_CPUS, upstream and load on cpu $LOAD_CPUS")."
+    echo "Reload: River and nginx \`kill -HUP\` the master, HAProxy \`kill -USR2\` the master; each reload also changes the x-gen response header."
+    echo
+    echo "| | River | nginx | HAProxy |"
+    echo "|---|---:|---:|---:|"
+fi
+if [[ $ONLY == *a* ]]; then
+    echo "| **a.** failed requests, wrk \`${WRK_A[*]}\`, reload every ${INTERVAL_A}s | **${A_FAIL[River]}** | **${A_FAIL[nginx]}** | **${A_FAIL[HAProxy]}** |"
+    echo "| &nbsp;&nbsp; of which socket errors / non-2xx | ${A_SOCK[River]} / ${A_NON2XX[River]} | ${A_SOCK[nginx]} / ${A_NON2XX[nginx]} | ${A_SOCK[HAProxy]} / ${A_NON2XX[HAProxy]} |"
+    echo "| &nbsp;&nbsp; total requests | ${A_REQ[River]} | ${A_REQ[nginx]} | ${A_REQ[HAProxy]} |"
+    echo "| &nbsp;&nbsp; reload signals sent | ${A_SIGS[River]} | ${A_SIGS[nginx]} | ${A_SIGS[HAProxy]} |"
+fi
+if [[ $ONLY == *b* ]]; then
+    echo "| **b.** reload latency, signal → fresh connection sees new config, median of $LATENCY_COUNT | **${B_MED[River]} ms** | **${B_MED[nginx]} ms** | **${B_MED[HAProxy]} ms** |"
+    echo "| &nbsp;&nbsp; max | ${B_MAX[River]} ms | ${B_MAX[nginx]} ms | ${B_MAX[HAProxy]} ms |"
+    echo "| &nbsp;&nbsp; failed polls (errors, non-200, never seen) | ${B_ERR[River]} | ${B_ERR[nginx]} | ${B_ERR[HAProxy]} |"
+fi
+if [[ $ONLY == *c* ]]; then
+    [[ $ONLY == *a* || $ONLY == *b* ]] && echo
+    echo "(c): $RELOADS_C reloads 500 ms apart while a new /slow request (held 60 s by the upstream) arrives every 100 ms and stays open;"
+    echo "River \`workers 2; max-draining-generations 2; drain-timeout-secs 60\`, nginx \`worker_processes 2\` (no \`worker_shutdown_timeout\`),"
+    echo "HAProxy \`nbthread 2\` (no \`hard-stop-after\`); unpinned. Processes and RSS: the master and all its descendants, sampled every 100 ms."
+    echo
+    echo "| **c.** after $RELOADS_C reloads | River | nginx | HAProxy |"
+    echo "|---|---:|---:|---:|"
+    echo "| peak processes | **${C_PEAKP[River]}** | **${C_PEAKP[nginx]}** | **${C_PEAKP[HAProxy]}** |"
+    echo "| peak RSS (MiB) | **${C_PEAKR[River]}** | **${C_PEAKR[nginx]}** | **${C_PEAKR[HAProxy]}** |"
+    echo "| peak RSS vs nginx | $(ratio "${C_PEAKR[River]}" "${C_PEAKR[nginx]}") | 1.00 | $(ratio "${C_PEAKR[HAProxy]}" "${C_PEAKR[nginx]}") |"
+    echo "| processes at the end | ${C_ENDP[River]} | ${C_ENDP[nginx]} | ${C_ENDP[HAProxy]} |"
+    echo "| RSS at the end (MiB) | ${C_ENDR[River]} | ${C_ENDR[nginx]} | ${C_ENDR[HAProxy]} |"
+    echo "| long requests opened / cut before their answer | ${C_LONG[River]} / ${C_CUT[River]} | ${C_LONG[nginx]} / ${C_CUT[nginx]} | ${C_LONG[HAProxy]} / ${C_CUT[HAProxy]} |"
+fi
+echo
+echo "Targets (River): a. 0 failed requests: $([ "${A_FAIL[River]:-x}" = 0 ] && echo met || echo "${A_FAIL[River]:-not run}")."\
+" c. peak processes ≤ 7: $(if [ -z "${C_PEAKP[River]:-}" ]; then echo not run; elif [ "${C_PEAKP[River]}" -le 7 ]; then echo met; else echo "not met"; fi);"\
+" peak RSS ≤ nginx/3: $(if [ -z "${C_PEAKR[River]:-}" ]; then echo not run; else awk -v r="${C_PEAKR[River]}" -v n="${C_PEAKR[nginx]}" 'BEGIN { print (r <= n / 3) ? "met" : "not met" }'; fi)."
+echo
+echo "Command: \`bench/reload.sh\` ($(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
