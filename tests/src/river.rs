@@ -50,11 +50,29 @@ impl River {
 
     /// As [`River::spawn`], with extra environment variables for the master.
     pub fn spawn_with_env(system: &str, services: &str, env: &[(&str, &std::ffi::OsStr)]) -> River {
+        Self::launch(Command::new(binary("river")), system, services, env)
+    }
+
+    /// As [`River::spawn`], run through `wrapper` (e.g. `setpriv ...`), which
+    /// must exec river in its own process so that the pid stays the master's.
+    pub fn spawn_under(wrapper: &[&str], system: &str, services: &str) -> River {
+        let (program, args) = wrapper.split_first().expect("a wrapper command");
+        let mut command = Command::new(program);
+        command.args(args).arg(binary("river"));
+        Self::launch(command, system, services, &[])
+    }
+
+    fn launch(
+        mut command: Command,
+        system: &str,
+        services: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> River {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("river.kdl");
         write_config(&config_path, dir.path(), system, services);
         let log = fs::File::create(dir.path().join("river.log")).expect("log file");
-        let child = Command::new(binary("river"))
+        let child = command
             .arg("-c")
             .arg(&config_path)
             .env("RIVER_LOG", "info")

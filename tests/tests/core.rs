@@ -372,3 +372,38 @@ fn without_a_config_river_serves_its_welcome_page() {
     assert!(text.contains(env!("CARGO_PKG_VERSION")), "{text}");
     assert!(status.success(), "fast shutdown exits 0: {status}");
 }
+
+/// A master that may not signal its workers (no CAP_KILL, workers under another
+/// uid) still stops: it closes their channels and they drain and exit.
+#[test]
+fn a_master_without_cap_kill_still_stops_its_workers() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: needs root to run workers as another user");
+        return;
+    }
+    let upstream = Upstream::start("alpha");
+    let port = free_port();
+    let mut river = River::spawn_under(
+        &[
+            "setpriv",
+            "--inh-caps=-all",
+            "--bounding-set=-all,+setuid,+setgid",
+        ],
+        "    workers 2\n    user \"nobody\"\n    group \"nogroup\"",
+        &proxy_service(port, upstream.addr),
+    );
+    river.wait_log("generation serving", 1);
+    assert_eq!(client::get(local(port), "/").unwrap().status, 200);
+    let workers = river.workers();
+    assert_eq!(workers.len(), 2);
+
+    river.signal(Signal::SIGTERM);
+    let status = river.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "master exit status {status}");
+    wait_gone("workers to exit", &workers, Duration::from_secs(5));
+    assert!(
+        river.log().contains("cannot signal worker"),
+        "{}",
+        river.log()
+    );
+}

@@ -5,7 +5,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::process::Stdio;
 use std::sync::Arc;
 
+use nix::errno::Errno;
 use nix::sys::signal::{self, Signal};
+use nix::sys::socket;
 use nix::unistd::Pid;
 use river_config::Config;
 use river_ipc::{Channel, FromWorker, Hello, IpcError, ToWorker};
@@ -71,10 +73,29 @@ impl WorkerHandle {
         });
     }
 
+    /// Signal the worker. When that is refused (a master without CAP_KILL over
+    /// workers that run as another user), close the worker's channel instead:
+    /// a worker whose master's end closes drains and exits by itself, so a
+    /// stop or a drain deadline still ends, if later than asked.
     pub fn signal(&self, signal: Signal) {
-        if let Ok(pid) = i32::try_from(self.pid) {
+        let Ok(pid) = i32::try_from(self.pid) else {
+            return;
+        };
+        match signal::kill(Pid::from_raw(pid), signal) {
             // ESRCH: it is already gone and its exit event is on its way.
-            let _ = signal::kill(Pid::from_raw(pid), signal);
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(err) => {
+                tracing::error!(
+                    pid = self.pid,
+                    %signal,
+                    error = %err,
+                    "cannot signal worker (does the master lack CAP_KILL?): closing its channel so that it drains and exits"
+                );
+                if let Err(err) = socket::shutdown(self.channel.as_raw_fd(), socket::Shutdown::Both)
+                {
+                    tracing::error!(pid = self.pid, error = %err, "cannot close the worker's channel");
+                }
+            }
         }
     }
 }
