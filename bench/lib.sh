@@ -209,6 +209,10 @@ start_river() {
 run_wrk() {
     local out=$1; shift
     $(pin "$LOAD_CPUS") wrk "$@" >"$out" 2>&1 || true
+    if ! grep -q " requests in " "$out" || grep -q "^ *0 requests in" "$out"; then
+        echo "warning: wrk $* gave no requests:" >&2
+        sed 's/^/    /' "$out" >&2
+    fi
 }
 
 # wrk_stats OUT: prints "RPS P99_MS REQUESTS SOCKET_ERRORS NON2XX" from wrk's output.
@@ -234,5 +238,5 @@ wrk_stats() {
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
 
 machine_note() {
-    echo "$(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), shared and noisy), loopback; $RIVER_VERSION, $NGINX_VERSION, $HAPROXY_VERSION"
+    echo "$(date -u +%Y-%m-%d), $(nproc) cores, load average $(cut -d' ' -f1 /proc/loadavg) at the end ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), shared and noisy), loopback; $RIVER_VERSION, $NGINX_VERSION, $HAPROXY_VERSION"
 }
