@@ -238,5 +238,5 @@ wrk_stats() {
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
 
 machine_note() {
-    echo "$(date -u +%Y-%m-%d), $(nproc) cores, load average $(cut -d' ' -f1 /proc/loadavg) at the end ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), shared and noisy), loopback; $RIVER_VERSION, $NGINX_VERSION, $HAPROXY_VERSION"
+    echo "$(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), shared and noisy; load average $(cut -d' ' -f1 /proc/loadavg) at the end), loopback; $RIVER_VERSION, $NGINX_VERSION, $HAPROXY_VERSION"
 }
