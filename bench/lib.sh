@@ -32,6 +32,7 @@ bench_init() {
     # A private copy, so that a concurrent `cargo build` cannot swap the binary mid-run
     # (the master re-executes /proc/self/exe for its workers).
     cp "$river" "$WORK/river"
+    RIVER_BUILT=$(date -u -r "$river" '+%Y-%m-%d %H:%M UTC')
     RIVER="$WORK/river"
     RIVER_VERSION=$("$RIVER" --version 2>/dev/null | head -1 || echo river)
     NGINX_VERSION=$("$NGINX" -v 2>&1 | sed 's/.*nginx\//nginx /')
@@ -238,5 +239,5 @@ wrk_stats() {
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
 
 machine_note() {
-    echo "$(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), shared and noisy; load average $(cut -d' ' -f1 /proc/loadavg) at the end), loopback; $RIVER_VERSION, $NGINX_VERSION, $HAPROXY_VERSION"
+    echo "$(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), shared and noisy; load average $(cut -d' ' -f1 /proc/loadavg) at the end), loopback; $RIVER_VERSION (binary built $RIVER_BUILT), $NGINX_VERSION, $HAPROXY_VERSION"
 }
