@@ -1,6 +1,8 @@
 //! Issue 3: hot reload swaps generations with zero failed requests, rolls back
 //! on any failure, and bounds what draining generations cost.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -191,8 +193,23 @@ fn a_draining_worker_is_killed_at_its_deadline() {
 fn max_draining_generations_bounds_the_generations_alive() {
     let upstream = Upstream::start("alpha");
     let port = free_port();
-    let system = "    workers 1\n    max-draining-generations 1";
+    let system = "    workers 2\n    max-draining-generations 1";
     let river = River::start(system, &tagged_proxy("S", &[port], upstream.addr, "0"));
+    // Workers never exceed workers × (1 + max-draining-generations), not even
+    // for an instant while a new generation starts: sample all along.
+    let bound = 2 * (1 + 1);
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (sampling, master) = (sampling.clone(), river.pid);
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while sampling.load(Ordering::Acquire) {
+                peak = peak.max(children(master).len());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            peak
+        })
+    };
     let mut held = Vec::new();
     for generation in 1..=10 {
         // Every generation holds a request, so none drains by itself.
@@ -205,10 +222,16 @@ fn max_draining_generations_bounds_the_generations_alive() {
         wait_for(
             "at most 2 generations alive",
             Duration::from_secs(3),
-            || (children(river.pid).len() <= 2 && generation_count(&river) <= 2).then_some(()),
+            || (generation_count(&river) <= 2).then_some(()),
         );
     }
-    river.wait_log("max-draining-generations exceeded", 9);
+    sampling.store(false, Ordering::Release);
+    let peak = sampler.join().unwrap();
+    assert!(
+        peak <= bound,
+        "{peak} workers alive at once, more than {bound}"
+    );
+    river.wait_log("max-draining-generations", 9);
     upstream.release_held();
     for request in held {
         let _ = request.join();

@@ -177,6 +177,18 @@ struct Handover {
     deadline: Instant,
 }
 
+/// A validated generation waiting for killed draining generations to exit, so
+/// that starting it never exceeds `1 + workers × (1 + max-draining-generations)`
+/// processes.
+struct DeferredStart {
+    inputs: GenerationInputs,
+    waiters: Vec<Reply>,
+    /// The generations killed to make room.
+    room_for: Vec<u64>,
+    /// Start anyway by then (a killed worker that outlives SIGKILL's grace).
+    deadline: Instant,
+}
+
 struct Shutdown {
     graceful: bool,
     /// When the remaining workers are sent SIGTERM (graceful) or SIGKILL (fast).
@@ -193,6 +205,7 @@ pub struct Supervisor {
     events_rx: mpsc::UnboundedReceiver<WorkerEvent>,
     /// Reload requests that arrived while a generation was starting: one follow-up.
     pending_reload: Option<Vec<Reply>>,
+    deferred_start: Option<DeferredStart>,
     shutdown: Option<Shutdown>,
     last_memory_sample: Instant,
     notify: Notifier,
@@ -210,6 +223,7 @@ impl Supervisor {
             events_tx,
             events_rx,
             pending_reload: None,
+            deferred_start: None,
             shutdown: None,
             last_memory_sample: Instant::now(),
             notify: Notifier::from_env(),
@@ -312,7 +326,7 @@ impl Supervisor {
     }
 
     fn starting(&self) -> bool {
-        self.generations.iter().any(|g| g.state == State::Starting)
+        self.deferred_start.is_some() || self.generations.iter().any(|g| g.state == State::Starting)
     }
 
     /// Coalescing: while a generation is starting, every further request joins
@@ -345,7 +359,7 @@ impl Supervisor {
             "configuration validated"
         );
         match GenerationInputs::prepare(config, &self.listeners) {
-            Ok(inputs) => self.start_generation(inputs, waiters).await,
+            Ok(inputs) => self.make_room_then_start(inputs, waiters).await,
             Err(err) => self.reject_reload(waiters, "reload rolled back", err),
         }
     }
@@ -359,6 +373,63 @@ impl Supervisor {
             });
         }
         self.notify_serving(outcome);
+    }
+
+    /// Promoting a new generation turns the serving one into one more draining
+    /// generation. When that would exceed `max-draining-generations`, the oldest
+    /// draining ones are killed first and the new generation starts once they
+    /// have exited: killing them only after it is ready would briefly run
+    /// `workers` processes more than the cap promises.
+    async fn make_room_then_start(&mut self, inputs: GenerationInputs, waiters: Vec<Reply>) {
+        let max_draining = inputs.config.system.max_draining_generations;
+        let draining: Vec<u64> = self
+            .generations
+            .iter()
+            .filter(|g| g.state == State::Draining)
+            .map(|g| g.number)
+            .collect();
+        let serving = self.generations.iter().any(|g| g.state == State::Serving);
+        let excess = (draining.len() + usize::from(serving)).saturating_sub(max_draining);
+        let room_for: Vec<u64> = draining.into_iter().take(excess).collect();
+        if room_for.is_empty() {
+            return self.start_generation(inputs, waiters).await;
+        }
+        for number in &room_for {
+            self.kill_generation_now(
+                *number,
+                "max-draining-generations: making room for the new generation",
+            );
+        }
+        self.deferred_start = Some(DeferredStart {
+            inputs,
+            waiters,
+            room_for,
+            deadline: Instant::now() + KILL_GRACE,
+        });
+    }
+
+    /// Start the deferred generation once the generations killed for it are gone.
+    async fn start_deferred_when_room(&mut self) {
+        let Some(deferred) = &self.deferred_start else {
+            return;
+        };
+        let gone = !self
+            .generations
+            .iter()
+            .any(|g| deferred.room_for.contains(&g.number));
+        if !gone && Instant::now() < deferred.deadline {
+            return;
+        }
+        if !gone {
+            tracing::warn!(
+                generations = ?deferred.room_for,
+                "killed generations still alive: starting the new generation anyway"
+            );
+        }
+        if let Some(deferred) = self.deferred_start.take() {
+            self.start_generation(deferred.inputs, deferred.waiters)
+                .await;
+        }
     }
 
     async fn start_generation(&mut self, inputs: GenerationInputs, waiters: Vec<Reply>) {
@@ -443,7 +514,10 @@ impl Supervisor {
                 index,
                 pid,
                 status,
-            } => self.on_worker_exit(generation, index, pid, status),
+            } => {
+                self.on_worker_exit(generation, index, pid, status);
+                self.start_deferred_when_room().await;
+            }
         }
     }
 
@@ -628,6 +702,21 @@ impl Supervisor {
         }
     }
 
+    /// SIGKILL at once, for a generation that must be gone before another starts.
+    fn kill_generation_now(&mut self, number: u64, reason: &str) {
+        let Some(gen) = self.generation_mut(number) else {
+            return;
+        };
+        tracing::warn!(
+            generation = number,
+            reason,
+            connections_cut = gen.connections(),
+            "killing draining generation"
+        );
+        gen.signal_all(Signal::SIGKILL);
+        gen.kill_at = Some(Instant::now());
+    }
+
     fn kill_generation(&mut self, number: u64, reason: &str) {
         let Some(gen) = self.generation_mut(number) else {
             return;
@@ -681,6 +770,7 @@ impl Supervisor {
             self.sample_memory();
         }
         self.restart_due_workers(now).await;
+        self.start_deferred_when_room().await;
         self.advance_shutdown(now);
         self.settle_handovers();
         if !self.starting() {
@@ -786,12 +876,17 @@ impl Supervisor {
         for number in starting {
             self.abort_starting(number, "the master is shutting down".into());
         }
-        if let Some(waiters) = self.pending_reload.take() {
-            for waiter in waiters {
-                let _ = waiter.send(ControlResponse::ReloadFailed {
-                    error: "the master is shutting down".into(),
-                });
-            }
+        let deferred = self.deferred_start.take().map(|d| d.waiters);
+        for waiter in self
+            .pending_reload
+            .take()
+            .into_iter()
+            .chain(deferred)
+            .flatten()
+        {
+            let _ = waiter.send(ControlResponse::ReloadFailed {
+                error: "the master is shutting down".into(),
+            });
         }
         for gen in &mut self.generations {
             for slot in &mut gen.slots {
