@@ -43,6 +43,12 @@ fn site() -> (tempfile::TempDir, tempfile::TempDir) {
     std::fs::create_dir(b.join("empty")).unwrap();
     std::os::unix::fs::symlink(outside.path().join("secret.txt"), b.join("link.txt")).unwrap();
     std::os::unix::fs::symlink(outside.path(), b.join("outdir")).unwrap();
+    // Links that stay inside the base are followed, absolute or relative.
+    std::os::unix::fs::symlink(b.join("a.txt"), b.join("absolute-in.txt")).unwrap();
+    std::os::unix::fs::symlink("sub", b.join("relative-in")).unwrap();
+    // A link whose target leaves and re-enters the base is still inside.
+    let around = format!("../{}/a.txt", b.file_name().unwrap().to_string_lossy());
+    std::os::unix::fs::symlink(around, b.join("around.txt")).unwrap();
     (base, outside)
 }
 
@@ -165,6 +171,19 @@ fn nothing_outside_base_path_is_served() {
         "/outdir/secret.txt".to_owned(),
         "/a.txt%00.html".to_owned(),
     ];
+    for (path, body) in [
+        ("/absolute-in.txt", "plain text"),
+        ("/relative-in/index.html", "<h1>sub</h1>"),
+        ("/relative-in/", "<h1>sub</h1>"),
+        ("/around.txt", "plain text"),
+    ] {
+        let response = client::get(local(port), path).expect("a response");
+        assert_eq!(response.status, 200, "{path}");
+        assert_eq!(response.text(), body, "{path}");
+    }
+    // A FIFO is never opened for reading (it would block): 404.
+    nix::unistd::mkfifo(&base.path().join("pipe"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    assert_eq!(client::get(local(port), "/pipe").unwrap().status, 404);
     for path in &attempts {
         let response = client::get(local(port), path).expect("a response");
         assert!(
