@@ -172,8 +172,14 @@ impl Drop for River {
 }
 
 fn write_config(path: &Path, dir: &Path, system: &str, services: &str) {
+    // Two threads per worker unless the test says otherwise.
+    let threads = if system.contains("threads-per-service") {
+        ""
+    } else {
+        "    threads-per-service 2\n"
+    };
     let config = format!(
-        "system {{\n    pid-file \"{dir}/river.pid\"\n    control-socket \"{dir}/river.sock\"\n    threads-per-service 2\n{system}\n}}\nservices {{\n{services}\n}}\n",
+        "system {{\n    pid-file \"{dir}/river.pid\"\n    control-socket \"{dir}/river.sock\"\n{threads}{system}\n}}\nservices {{\n{services}\n}}\n",
         dir = dir.display()
     );
     // Write then rename: a reload never reads a half-written file.

@@ -50,7 +50,7 @@ fn reloads_under_keepalive_load_fail_no_request() {
     let upstream = Upstream::start("alpha");
     let port = free_port();
     let river = River::start(
-        "    workers 2",
+        "    workers 2\n    threads-per-service 1",
         &tagged_proxy("S", &[port], upstream.addr, "0"),
     );
 
@@ -58,7 +58,7 @@ fn reloads_under_keepalive_load_fail_no_request() {
     let reloads = 30;
     for generation in 1..=reloads {
         river.rewrite_config(
-            "    workers 2",
+            "    workers 2\n    threads-per-service 1",
             &tagged_proxy("S", &[port], upstream.addr, &generation.to_string()),
         );
         let answer = reload(&river);

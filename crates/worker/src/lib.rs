@@ -68,8 +68,17 @@ pub fn run(ipc: OwnedFd) -> Result<(), WorkerError> {
     drop(hello_runtime);
 
     let threads = hello.config.system.threads_per_service.max(1);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
+    // One thread: a current-thread runtime, as an nginx worker is one event
+    // loop. A work-stealing runtime of one thread pays for cross-thread
+    // wake-ups that never help.
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    let runtime = builder
         .thread_name(format!(
             "river-g{}w{}",
             hello.generation, hello.worker_index
