@@ -28,15 +28,15 @@ bench_init() {
     fi
     WORK=$(mktemp -d /tmp/river-bench.XXXXXX)
     trap bench_cleanup EXIT
-    trap 'exit 130' INT TERM
+    trap 'exit 130' INT TERM HUP PIPE
     # A private copy, so that a concurrent `cargo build` cannot swap the binary mid-run
     # (the master re-executes /proc/self/exe for its workers).
     cp "$river" "$WORK/river"
     RIVER_BUILT=$(date -u -r "$river" '+%Y-%m-%d %H:%M UTC')
     RIVER="$WORK/river"
-    RIVER_VERSION=$("$RIVER" --version 2>/dev/null | head -1 || echo river)
+    RIVER_VERSION=$("$RIVER" --version 2>/dev/null | sed -n 1p || echo river)
     NGINX_VERSION=$("$NGINX" -v 2>&1 | sed 's/.*nginx\//nginx /')
-    HAPROXY_VERSION=$("$HAPROXY" -v | head -1 | awk '{print "haproxy " $3}')
+    HAPROXY_VERSION=$("$HAPROXY" -v | awk 'NR == 1 { print "haproxy " $3 }')
 }
 
 # All descendants of a pid (children first-level, then theirs), one per line.

@@ -2,13 +2,17 @@
 # Proxy features, side by side with nginx: (a) TLS termination (HTTPS keep-alive, proxying to
 # one fast upstream), (b) the static file server (a 4 KiB and a 1 MiB file). See bench/README.md.
 #
-# Environment: DURATION (s, default 10), WARMUP (s, default 2), CONNS (default 32),
-# PIN=0 to run unpinned, RIVER=path to the river binary.
+# Environment: ROUNDS (default 3), DURATION (s per run, default 5), WARMUP (s, default 1),
+# CONNS (default 32), PIN=0 to run unpinned, RIVER=path to the river binary.
+#
+# Both servers run at once (the idle one costs nothing); each round measures every test on both,
+# interleaved, and the table reports each one's best round.
 source "$(dirname "$0")/lib.sh"
 bench_init
 
-DURATION=${DURATION:-10}
-WARMUP=${WARMUP:-2}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+WARMUP=${WARMUP:-1}
 CONNS=${CONNS:-32}
 WRK_ARGS=(-t1 -c"$CONNS" -d"${DURATION}s" --latency)
 
@@ -24,15 +28,19 @@ chmod -R a+rX "$WORK"   # nginx workers run as nobody; River's may drop privileg
 start_fast_upstream
 echo "upstream: nginx return 200 on 127.0.0.1:$UPSTREAM_PORT (cpus $LOAD_CPUS)" >&2
 
-declare -A RPS P99 ERR NOTE
-# measure KEY URL: warm up, one wrk run
+declare -A RPS P99 ERR RUNS NOTE URL
+# measure KEY ROUND: warm up, one wrk run on URL[KEY]; keeps the best round
 measure() {
-    local key=$1 url=$2 out=$WORK/wrk-$1.txt
+    local key=$1 url=${URL[$1]} out=$WORK/wrk-$1-$2.txt
     run_wrk "$out.warm" -t1 -c"$CONNS" -d"${WARMUP}s" "$url"
     run_wrk "$out" "${WRK_ARGS[@]}" "$url"
     read -r rps p99 reqs errs non2xx <<<"$(wrk_stats "$out")"
-    RPS[$key]=$rps P99[$key]=$p99 ERR[$key]=$((errs + non2xx))
-    echo "  $key: rps=$rps p99=${p99}ms requests=$reqs errors=$errs non2xx=$non2xx" >&2
+    echo "  round $2: $key: rps=$rps p99=${p99}ms requests=$reqs errors=$errs non2xx=$non2xx" >&2
+    RUNS[$key]="${RUNS[$key]:-}${RUNS[$key]:+, }$(printf %.0f "$rps")"
+    ERR[$key]=$((${ERR[$key]:-0} + errs + non2xx))
+    if [ -z "${RPS[$key]:-}" ] || awk -v a="$rps" -v b="${RPS[$key]}" 'BEGIN { exit !(a > b) }'; then
+        RPS[$key]=$rps P99[$key]=$p99
+    fi
 }
 
 # check_body URL FILE: the server answers 200 with exactly FILE's bytes
@@ -45,7 +53,7 @@ check_body() {
 
 cipher_of() { # PORT
     openssl s_client -connect "127.0.0.1:$1" -servername localhost </dev/null 2>/dev/null |
-        awk '/^New, / { print $2 " " $5 }' | head -1
+        awk '/^New, / && !seen++ { print $2 " " $5 }'
 }
 
 # ---------------------------------------------------------------- River
@@ -86,13 +94,10 @@ curl -sfk "https://127.0.0.1:$TLS_PORT/" >/dev/null
 check_body "http://127.0.0.1:$FILES_PORT/4k.bin" "$WORK/www/4k.bin"
 check_body "http://127.0.0.1:$FILES_PORT/1m.bin" "$WORK/www/1m.bin"
 NOTE[river-tls]=$(cipher_of "$TLS_PORT")
-measure river-tls "https://127.0.0.1:$TLS_PORT/"
-measure river-4k "http://127.0.0.1:$FILES_PORT/4k.bin"
-measure river-1m "http://127.0.0.1:$FILES_PORT/1m.bin"
-RIVER_THREADS=$(for p in $(descendants "$RIVER_PID"); do sed -n 's/^Threads:\t*//p' "/proc/$p/status"; done | head -1)
-echo "  river worker threads after the file tests: $RIVER_THREADS" >&2
-if [ "${BENCH_LOG:-0}" = 1 ]; then grep -v "Illegal SNI" "$dir/river.log" | tail -20 >&2; fi
-kill_tree "$RIVER_PID"
+URL[river-tls]=https://127.0.0.1:$TLS_PORT/
+URL[river-4k]=http://127.0.0.1:$FILES_PORT/4k.bin
+URL[river-1m]=http://127.0.0.1:$FILES_PORT/1m.bin
+RIVER_DIR=$dir
 
 # ---------------------------------------------------------------- nginx
 dir=$WORK/nginx-srv
@@ -132,24 +137,35 @@ curl -sfk "https://127.0.0.1:$TLS_PORT/" >/dev/null
 check_body "http://127.0.0.1:$FILES_PORT/4k.bin" "$WORK/www/4k.bin"
 check_body "http://127.0.0.1:$FILES_PORT/1m.bin" "$WORK/www/1m.bin"
 NOTE[nginx-tls]=$(cipher_of "$TLS_PORT")
-measure nginx-tls "https://127.0.0.1:$TLS_PORT/"
-measure nginx-4k "http://127.0.0.1:$FILES_PORT/4k.bin"
-measure nginx-1m "http://127.0.0.1:$FILES_PORT/1m.bin"
-kill_tree "$NGINX_PID"
+URL[nginx-tls]=https://127.0.0.1:$TLS_PORT/
+URL[nginx-4k]=http://127.0.0.1:$FILES_PORT/4k.bin
+URL[nginx-1m]=http://127.0.0.1:$FILES_PORT/1m.bin
+
+# ---------------------------------------------------------------- rounds
+for round in $(seq "$ROUNDS"); do
+    for test in tls 4k 1m; do
+        measure "river-$test" "$round"
+        measure "nginx-$test" "$round"
+    done
+done
+RIVER_THREADS=$(for p in $(descendants "$RIVER_PID"); do sed -n 's/^Threads:\t*//p' "/proc/$p/status"; done | sed -n 1p)
+echo "  river worker threads after the file tests: $RIVER_THREADS" >&2
+if [ "${BENCH_LOG:-0}" = 1 ]; then grep -v "Illegal SNI" "$RIVER_DIR/river.log" | tail -20 >&2; fi
 
 # ---------------------------------------------------------------- table
 echo
-echo "Proxy features vs nginx, wrk \`-t1 -c$CONNS -d${DURATION}s --latency\` (keep-alive), ${WARMUP}s warm-up each."
+echo "Proxy features vs nginx: wrk \`-t1 -c$CONNS -d${DURATION}s --latency\` (keep-alive) after a ${WARMUP}s warm-up, best of $ROUNDS interleaved rounds."
 echo "River \`workers 1; threads-per-service 1\`, nginx \`worker_processes 1\` (\`sendfile on\`, as in Debian's nginx.conf)$([ "$PIN" = 1 ] && echo "; server on cpu $PROXY_CPUS, upstream and wrk on cpu $LOAD_CPUS")."
 echo "TLS: self-signed P-256 certificate, HTTP/1.1 over TLS (River \`offer-h2=false\`); negotiated: River ${NOTE[river-tls]:-?}, nginx ${NOTE[nginx-tls]:-?}."
 echo "River's worker had $RIVER_THREADS threads after the file tests (threads-per-service 1: file I/O runs on tokio's blocking pool)."
 echo "$(machine_note)"
 echo
-echo "| test | River req/s | River p99 | nginx req/s | nginx p99 | River / nginx | errors (River / nginx) |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
+echo "| test | River req/s | River p99 | nginx req/s | nginx p99 | River / nginx | every round, River / nginx | errors (River / nginx) |"
+echo "|---|---:|---:|---:|---:|---:|---|---:|"
 row() { # LABEL KEY
-    printf '| %s | %.0f | %.2f ms | %.0f | %.2f ms | **%s** | %d / %d |\n' "$1" "${RPS[river-$2]}" "${P99[river-$2]}" \
-        "${RPS[nginx-$2]}" "${P99[nginx-$2]}" "$(ratio "${RPS[river-$2]}" "${RPS[nginx-$2]}")" "${ERR[river-$2]}" "${ERR[nginx-$2]}"
+    printf '| %s | %.0f | %.2f ms | %.0f | %.2f ms | **%s** | %s / %s | %d / %d |\n' "$1" "${RPS[river-$2]}" "${P99[river-$2]}" \
+        "${RPS[nginx-$2]}" "${P99[nginx-$2]}" "$(ratio "${RPS[river-$2]}" "${RPS[nginx-$2]}")" \
+        "${RUNS[river-$2]}" "${RUNS[nginx-$2]}" "${ERR[river-$2]}" "${ERR[nginx-$2]}"
 }
 row "TLS termination, proxy to upstream (HTTPS keep-alive)" tls
 row "file server, 4 KiB file" 4k
