@@ -21,6 +21,12 @@ TRACKED=()
 
 bench_init() {
     "$BENCH_DIR/install-deps"
+    # One benchmark at a time on this machine: two at once would measure each other.
+    exec 9>"${TMPDIR:-/tmp}/river-bench.lock"
+    if ! flock -n 9; then
+        echo "waiting for another bench/ script to finish (${TMPDIR:-/tmp}/river-bench.lock)..." >&2
+        flock -w 600 9 || { echo "error: still locked after 600 s" >&2; exit 1; }
+    fi
     local river=${RIVER:-$ROOT/target/release/river}
     if [ ! -x "$river" ]; then
         echo "error: $river not found; build it: cargo build --release -p river -p riverctl" >&2
@@ -128,7 +134,7 @@ start_nginx() {
     local dir=$1 cpus=$2
     "$NGINX" -t -q -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
     $(pin "$cpus") "$NGINX" -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" \
-        >"$dir/stdout.log" 2>&1 &
+        >"$dir/stdout.log" 2>&1 9>&- &
     NGINX_PID=$!
     track $NGINX_PID
 }
@@ -160,7 +166,7 @@ EOF
 start_haproxy() {
     local dir=$1 cpus=$2
     "$HAPROXY" -c -q -f "$dir/haproxy.cfg"
-    $(pin "$cpus") "$HAPROXY" -W -f "$dir/haproxy.cfg" >"$dir/haproxy.log" 2>&1 &
+    $(pin "$cpus") "$HAPROXY" -W -f "$dir/haproxy.cfg" >"$dir/haproxy.log" 2>&1 9>&- &
     HAPROXY_PID=$!
     track $HAPROXY_PID
 }
@@ -191,7 +197,7 @@ EOF
 start_river() {
     local dir=$1 cpus=$2 i
     "$RIVER" --validate -c "$dir/river.kdl" >/dev/null
-    $(pin "$cpus") "$RIVER" -c "$dir/river.kdl" 2>"$dir/river.log" &
+    $(pin "$cpus") "$RIVER" -c "$dir/river.kdl" 2>"$dir/river.log" 9>&- &
     RIVER_PID=$!
     track $RIVER_PID
     for i in $(seq 200); do
@@ -209,7 +215,7 @@ start_river() {
 # run_wrk OUT ARGS...: run wrk on LOAD_CPUS, output to OUT; then `wrk_stats OUT`.
 run_wrk() {
     local out=$1; shift
-    $(pin "$LOAD_CPUS") wrk "$@" >"$out" 2>&1 || true
+    $(pin "$LOAD_CPUS") wrk "$@" >"$out" 2>&1 9>&- || true
     if ! grep -q " requests in " "$out" || grep -q "^ *0 requests in" "$out"; then
         echo "warning: wrk $* gave no requests:" >&2
         sed 's/^/    /' "$out" >&2

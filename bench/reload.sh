@@ -127,7 +127,7 @@ if [[ $ONLY == *a* || $ONLY == *b* ]]; then
         run_wrk "$dir/warm.txt" -t1 -c32 -d1s "http://127.0.0.1:$port/"
         gen=2
         if [[ $ONLY == *a* ]]; then
-            $(pin "$LOAD_CPUS") wrk "${WRK_A[@]}" "http://127.0.0.1:$port/" >"$dir/wrk.txt" 2>&1 &
+            $(pin "$LOAD_CPUS") wrk "${WRK_A[@]}" "http://127.0.0.1:$port/" >"$dir/wrk.txt" 2>&1 9>&- &
             wrk_pid=$!
             track $wrk_pid
             sleep 0.2
@@ -160,7 +160,7 @@ fi
 # ---------------------------------------------------------------- c
 if [[ $ONLY == *c* ]]; then
     SLOW_PORT=$(free_port)
-    python3 "$LAB" slow-upstream "$SLOW_PORT" --hold 60 >"$WORK/slow-upstream.log" 2>&1 &
+    python3 "$LAB" slow-upstream "$SLOW_PORT" --hold 60 >"$WORK/slow-upstream.log" 2>&1 9>&- &
     track $!
     wait_port "$SLOW_PORT"
     for name in River nginx HAProxy; do
