@@ -22,31 +22,7 @@ pub struct Upstream {
 impl Upstream {
     pub fn start(name: &str) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
-        let addr = listener.local_addr().expect("upstream addr");
-        let upstream = Upstream {
-            addr,
-            name: name.to_owned(),
-            requests: Arc::default(),
-            held: Arc::new((Mutex::new(false), Condvar::new())),
-            stop: Arc::default(),
-        };
-        let (name, requests, held, stop) = (
-            upstream.name.clone(),
-            upstream.requests.clone(),
-            upstream.held.clone(),
-            upstream.stop.clone(),
-        );
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stop.load(Ordering::Acquire) {
-                    return;
-                }
-                let Ok(stream) = stream else { continue };
-                let (name, requests, held) = (name.clone(), requests.clone(), held.clone());
-                std::thread::spawn(move || serve(stream, &name, &requests, &held));
-            }
-        });
-        upstream
+        Upstream::serve_on(name, listener)
     }
 
     /// As [`Upstream::start`], on a chosen address (to bring a stopped
@@ -56,15 +32,18 @@ impl Upstream {
         let listener = loop {
             match TcpListener::bind(addr) {
                 Ok(listener) => break listener,
-                Err(err) if std::time::Instant::now() < deadline => {
-                    let _ = err;
+                Err(_) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(err) => panic!("bind upstream {addr}: {err}"),
             }
         };
+        Upstream::serve_on(name, listener)
+    }
+
+    fn serve_on(name: &str, listener: TcpListener) -> Upstream {
         let upstream = Upstream {
-            addr,
+            addr: listener.local_addr().expect("upstream addr"),
             name: name.to_owned(),
             requests: Arc::default(),
             held: Arc::new((Mutex::new(false), Condvar::new())),

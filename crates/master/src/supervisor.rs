@@ -704,20 +704,15 @@ impl Supervisor {
 
     /// SIGKILL at once, for a generation that must be gone before another starts.
     fn kill_generation_now(&mut self, number: u64, reason: &str) {
-        let Some(gen) = self.generation_mut(number) else {
-            return;
-        };
-        tracing::warn!(
-            generation = number,
-            reason,
-            connections_cut = gen.connections(),
-            "killing draining generation"
-        );
-        gen.signal_all(Signal::SIGKILL);
-        gen.kill_at = Some(Instant::now());
+        self.signal_to_kill(number, reason, Signal::SIGKILL, Duration::ZERO);
     }
 
+    /// SIGTERM, then SIGKILL after the grace.
     fn kill_generation(&mut self, number: u64, reason: &str) {
+        self.signal_to_kill(number, reason, Signal::SIGTERM, KILL_GRACE);
+    }
+
+    fn signal_to_kill(&mut self, number: u64, reason: &str, signal: Signal, grace: Duration) {
         let Some(gen) = self.generation_mut(number) else {
             return;
         };
@@ -727,8 +722,8 @@ impl Supervisor {
             connections_cut = gen.connections(),
             "killing draining generation"
         );
-        gen.signal_all(Signal::SIGTERM);
-        gen.kill_at = Some(Instant::now() + KILL_GRACE);
+        gen.signal_all(signal);
+        gen.kill_at = Some(Instant::now() + grace);
     }
 
     async fn on_tick(&mut self) {
