@@ -245,5 +245,15 @@ wrk_stats() {
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
 
 machine_note() {
-    echo "$(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), shared and noisy; load average $(cut -d' ' -f1 /proc/loadavg) at the end), loopback; $RIVER_VERSION (binary built $RIVER_BUILT), $NGINX_VERSION, $HAPROXY_VERSION"
+    echo "$(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), shared and noisy; load average $(cut -d' ' -f1 /proc/loadavg) at the end), loopback; $RIVER_VERSION, $NGINX_VERSION, $HAPROXY_VERSION"
+}
+
+# The River source the figures come from: commit, and whether crates/ had uncommitted changes
+# (the binary is whatever target/release/river was when the script started).
+river_source() {
+    local commit dirty=""
+    commit=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')
+    (cd "$ROOT" && git diff --quiet HEAD -- crates 2>/dev/null && [ -z "$(git ls-files --others --exclude-standard crates)" ]) ||
+        dirty=", with uncommitted changes in crates/"
+    echo "commit $commit$dirty; river binary built $RIVER_BUILT"
 }

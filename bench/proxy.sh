@@ -154,4 +154,4 @@ for i in "${!TARGETS[@]}"; do
         "$(ratio "$rps" "$ref")" "${RUNS[$i]}" "${ERRS[$i]}"
 done
 echo
-echo "Command: \`bench/proxy.sh\` ($(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD -- crates 2>/dev/null || echo ', with uncommitted changes in crates/'))"
+echo "Command: \`bench/proxy.sh\` ($(river_source))"

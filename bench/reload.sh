@@ -223,4 +223,4 @@ echo "Targets (River): a. 0 failed requests: $([ "${A_FAIL[River]:-x}" = 0 ] && 
 " c. peak processes ≤ 7: $(if [ -z "${C_PEAKP[River]:-}" ]; then echo not run; elif [ "${C_PEAKP[River]}" -le 7 ]; then echo met; else echo "not met"; fi);"\
 " peak RSS ≤ nginx/3: $(if [ -z "${C_PEAKR[River]:-}" ]; then echo not run; else awk -v r="${C_PEAKR[River]}" -v n="${C_PEAKR[nginx]}" 'BEGIN { print (r <= n / 3) ? "met" : "not met" }'; fi)."
 echo
-echo "Command: \`bench/reload.sh\` ($(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+echo "Command: \`bench/reload.sh\` ($(river_source))"

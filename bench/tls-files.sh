@@ -157,7 +157,7 @@ echo
 echo "Proxy features vs nginx: wrk \`-t1 -c$CONNS -d${DURATION}s --latency\` (keep-alive) after a ${WARMUP}s warm-up, best of $ROUNDS interleaved rounds."
 echo "River \`workers 1; threads-per-service 1\`, nginx \`worker_processes 1\` (\`sendfile on\`, as in Debian's nginx.conf)$([ "$PIN" = 1 ] && echo "; server on cpu $PROXY_CPUS, upstream and wrk on cpu $LOAD_CPUS")."
 echo "TLS: self-signed P-256 certificate, HTTP/1.1 over TLS (River \`offer-h2=false\`); negotiated: River ${NOTE[river-tls]:-?}, nginx ${NOTE[nginx-tls]:-?}."
-echo "River's worker had $RIVER_THREADS threads after the file tests (threads-per-service 1: file I/O runs on tokio's blocking pool)."
+echo "River's worker had $RIVER_THREADS threads after the file tests (threads-per-service 1)."
 echo "$(machine_note)"
 echo
 echo "| test | River req/s | River p99 | nginx req/s | nginx p99 | River / nginx | every round, River / nginx | errors (River / nginx) |"
@@ -173,4 +173,4 @@ row "file server, 1 MiB file" 1m
 echo
 echo "Target: River ≥ 0.80 of nginx on each row."
 echo
-echo "Command: \`bench/tls-files.sh\` ($(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+echo "Command: \`bench/tls-files.sh\` ($(river_source))"
