@@ -4,6 +4,7 @@
 
 mod access_log;
 mod app;
+mod buffered;
 mod cidr;
 mod file_server;
 mod filters;

@@ -11,6 +11,8 @@ use pingora_core::apps::ServerApp;
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::Stream;
+
+use crate::buffered::WriteBuffered;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::tls::{version, ServerConfig};
 use river_config::ListenAddress;
@@ -122,16 +124,17 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let Some(acceptor) = &self.tls else {
-            return self.app.process_new(stream, shutdown).await;
-        };
         // Accepted streams are pingora's L4 streams (see serve::Inherited).
         let l4 = match stream.into_any().downcast::<L4Stream>() {
             Ok(l4) => *l4,
             Err(_) => {
-                tracing::error!("TLS listener accepted a stream that is not a socket");
+                tracing::error!("a listener accepted a stream that is not a socket");
                 return None;
             }
+        };
+        let Some(acceptor) = &self.tls else {
+            let buffered = Box::new(WriteBuffered::new(l4));
+            return self.app.process_new(buffered, shutdown).await;
         };
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(l4)).await {
             Ok(Ok(tls)) => self.app.process_new(Box::new(tls), shutdown).await,
