@@ -151,7 +151,10 @@ mod tests {
         let mut peer = theirs;
         peer.set_nonblocking(true).unwrap();
 
-        buffered.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        buffered
+            .write_all(b"HTTP/1.1 200 OK\r\n\r\n")
+            .await
+            .unwrap();
         buffered.write_all(b"hello").await.unwrap();
         let mut got = [0u8; 64];
         let early = peer.read(&mut got);
