@@ -643,12 +643,10 @@ impl Supervisor {
             deadline: now + HANDOVER_TIMEOUT,
         };
         let sockets = gen.inputs.sockets.clone();
-        let max_draining = gen.inputs.config.system.max_draining_generations;
         self.handovers.push(handover);
         self.listeners.commit(&sockets);
         tracing::info!(generation = number, workers, millis, "generation serving");
         self.notify.ready(&format!("generation {number} serving"));
-        self.enforce_draining_cap(max_draining);
         self.remove_finished();
         self.settle_handovers();
         if let Some(waiters) = self.pending_reload.take() {
@@ -684,21 +682,6 @@ impl Supervisor {
             for waiter in handover.waiters {
                 let _ = waiter.send(handover.response.clone());
             }
-        }
-    }
-
-    fn enforce_draining_cap(&mut self, max_draining: usize) {
-        loop {
-            let draining: Vec<u64> = self
-                .generations
-                .iter()
-                .filter(|g| g.state == State::Draining && g.kill_at.is_none())
-                .map(|g| g.number)
-                .collect();
-            if draining.len() <= max_draining {
-                return;
-            }
-            self.kill_generation(draining[0], "max-draining-generations exceeded");
         }
     }
 
