@@ -132,11 +132,12 @@ where
                 return None;
             }
         };
+        // Buffered under TLS too, so a response's records leave in one write.
+        let buffered = WriteBuffered::new(l4);
         let Some(acceptor) = &self.tls else {
-            let buffered = Box::new(WriteBuffered::new(l4));
-            return self.app.process_new(buffered, shutdown).await;
+            return self.app.process_new(Box::new(buffered), shutdown).await;
         };
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(l4)).await {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(buffered)).await {
             Ok(Ok(tls)) => self.app.process_new(Box::new(tls), shutdown).await,
             Ok(Err(err)) => {
                 tracing::debug!(error = %err, "TLS handshake failed");
