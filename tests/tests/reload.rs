@@ -157,7 +157,14 @@ fn a_worker_that_cannot_start_rolls_the_reload_back() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("injected"), "{stderr}");
-    assert_eq!(river.workers(), workers, "old generation untouched");
+    // The failed generation's workers were SIGKILLed; reaping them may lag the reply.
+    assert!(
+        workers.iter().all(|pid| alive(*pid)),
+        "old generation untouched"
+    );
+    wait_for("the failed generation to be gone", Duration::from_secs(5), || {
+        (river.workers() == workers).then_some(())
+    });
     assert_eq!(x_gen(port), "good");
 
     std::fs::remove_file(&hook).unwrap();
