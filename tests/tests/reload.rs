@@ -162,9 +162,11 @@ fn a_worker_that_cannot_start_rolls_the_reload_back() {
         workers.iter().all(|pid| alive(*pid)),
         "old generation untouched"
     );
-    wait_for("the failed generation to be gone", Duration::from_secs(5), || {
-        (river.workers() == workers).then_some(())
-    });
+    wait_for(
+        "the failed generation to be gone",
+        Duration::from_secs(5),
+        || (river.workers() == workers).then_some(()),
+    );
     assert_eq!(x_gen(port), "good");
 
     std::fs::remove_file(&hook).unwrap();
