@@ -407,3 +407,53 @@ fn a_master_without_cap_kill_still_stops_its_workers() {
         river.log()
     );
 }
+
+/// Per-worker open connections from `riverctl status` once they add up to `total`.
+fn connections_per_worker(river: &River, total: u64) -> Vec<u64> {
+    wait_for(
+        "status to count every connection",
+        Duration::from_secs(10),
+        || {
+            let text = String::from_utf8_lossy(&river.riverctl(&["status"]).stdout).into_owned();
+            let counts: Vec<u64> = text
+                .lines()
+                .filter(|line| line.contains("worker pid"))
+                .filter_map(|line| line.split("connections").nth(1)?.trim().parse().ok())
+                .collect();
+            (counts.iter().sum::<u64>() == total).then_some(counts)
+        },
+    )
+}
+
+#[test]
+fn a_burst_of_connections_is_spread_over_the_workers() {
+    let upstream = Upstream::start("alpha");
+    let port = free_port();
+    let river = River::start("    workers 2", &proxy_service(port, upstream.addr));
+    // Without the balance board, one worker often takes (nearly) the whole
+    // burst; three bursts in a row all splitting evenly would be luck.
+    for round in 0..3 {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(32));
+        let clients: Vec<_> = (0..32)
+            .map(|_| {
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let mut connection = Connection::open(local(port)).expect("connect");
+                    let response = connection.get("/", &[]).expect("request");
+                    assert_eq!(response.status, 200);
+                    connection
+                })
+            })
+            .collect();
+        let open: Vec<Connection> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+        let counts = connections_per_worker(&river, 32);
+        assert_eq!(counts.len(), 2, "{counts:?}");
+        assert!(
+            counts.iter().all(|&n| (12..=20).contains(&n)),
+            "round {round}: connections per worker {counts:?}"
+        );
+        drop(open);
+        connections_per_worker(&river, 0);
+    }
+}

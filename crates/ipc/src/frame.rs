@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::IpcError;
 
 /// Version written in every frame header; a frame with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Size of the frame header.
 pub const HEADER_LEN: usize = 8;
 /// Largest accepted payload (16 MiB).
@@ -185,7 +185,10 @@ mod tests {
     fn encode_layout() {
         let frame = encode(&ControlRequest::Status, 3).unwrap();
         let payload = br#""Status""#;
-        assert_eq!(&frame[..8], &header(payload.len() as u32, 1, 3)[..]);
+        assert_eq!(
+            &frame[..8],
+            &header(payload.len() as u32, PROTOCOL_VERSION, 3)[..]
+        );
         assert_eq!(&frame[8..], payload);
     }
 
@@ -298,12 +301,12 @@ mod tests {
     #[test]
     fn wrong_version() {
         let mut dec = FrameDecoder::new();
-        let mut wire = header(2, 2, 0);
+        let mut wire = header(2, PROTOCOL_VERSION + 1, 0);
         wire.extend_from_slice(b"{}");
         dec.push(&wire);
         assert!(matches!(
             dec.next_frame(),
-            Err(IpcError::VersionMismatch { got: 2 })
+            Err(IpcError::VersionMismatch { got }) if got == PROTOCOL_VERSION + 1
         ));
     }
 

@@ -32,7 +32,15 @@ pub struct Hello {
     /// True when the frame carries, after the listeners' fds, one more: the
     /// access log, opened for appending by the master.
     pub access_log: bool,
+    /// True when the frame carries, last, the generation's balance board: a
+    /// memfd of `workers × BALANCE_SLOT_BYTES` bytes, one open-connection
+    /// counter per worker slot, which workers use to spread accepts.
+    pub balance: bool,
 }
+
+/// Bytes per worker slot of a balance board: a cache line, so that workers'
+/// counters never share one.
+pub const BALANCE_SLOT_BYTES: usize = 64;
 
 /// The PEM contents of one TLS listener's `cert-path` and `key-path`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]

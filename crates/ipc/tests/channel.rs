@@ -167,6 +167,7 @@ async fn every_message_round_trips() {
             key_pem: b"-----BEGIN PRIVATE KEY-----\n".to_vec(),
         }],
         access_log: true,
+        balance: false,
     }));
     for msg in [
         hello,
@@ -410,7 +411,10 @@ async fn bad_headers_over_the_socket() {
 
     // Garbage.
     let (chan, peer) = raw_pair();
-    raw_send(&peer, b"\x00\x00\x00\x02\x00\x01\xff\xffzz", &[]);
+    let mut garbage = vec![0, 0, 0, 2];
+    garbage.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    garbage.extend_from_slice(b"\xff\xffzz");
+    raw_send(&peer, &garbage, &[]);
     assert!(matches!(
         chan.recv::<ToWorker>().await,
         Err(IpcError::TooManyFds { count: 0xffff })

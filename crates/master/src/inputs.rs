@@ -3,6 +3,7 @@
 //! the access log) so that workers never need access to those files.
 
 use std::fs::{File, OpenOptions};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,6 +24,8 @@ pub enum InputError {
     },
     #[error("{} is not PEM (no -----BEGIN line)", path.display())]
     NotPem { path: PathBuf },
+    #[error("cannot create the connection balance board: {0}")]
+    BalanceBoard(std::io::Error),
     #[error("cannot open access log {}: {source}", path.display())]
     AccessLog {
         path: PathBuf,
@@ -35,6 +38,9 @@ pub struct GenerationInputs {
     pub sockets: Vec<(ListenAddress, SharedSocket)>,
     pub tls: Vec<TlsMaterial>,
     pub access_log: Option<Arc<File>>,
+    /// Shared by the generation's workers to spread connections (see
+    /// river_worker's `balance`); none with a single worker.
+    pub balance: Option<OwnedFd>,
 }
 
 impl GenerationInputs {
@@ -42,12 +48,17 @@ impl GenerationInputs {
     pub fn prepare(config: Config, listeners: &ListenerSet) -> Result<Self, InputError> {
         let tls = read_tls(&config)?;
         let access_log = open_access_log(&config)?;
+        let balance = match config.system.workers {
+            0 | 1 => None,
+            workers => Some(balance_board(workers).map_err(InputError::BalanceBoard)?),
+        };
         let sockets = listeners.prepare(&config)?;
         Ok(GenerationInputs {
             config: Arc::new(config),
             sockets,
             tls,
             access_log,
+            balance,
         })
     }
 
@@ -56,6 +67,18 @@ impl GenerationInputs {
         self.access_log = open_access_log(&self.config)?;
         Ok(self.access_log.clone())
     }
+}
+
+/// A zeroed memfd with one counter slot per worker.
+fn balance_board(workers: usize) -> std::io::Result<OwnedFd> {
+    let fd =
+        nix::sys::memfd::memfd_create("river-balance", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
+    let file = File::from(fd);
+    let bytes = workers
+        .checked_mul(river_ipc::BALANCE_SLOT_BYTES)
+        .ok_or(std::io::ErrorKind::InvalidInput)?;
+    file.set_len(bytes as u64)?;
+    Ok(OwnedFd::from(file))
 }
 
 fn read_pem(path: &Path) -> Result<Vec<u8>, InputError> {

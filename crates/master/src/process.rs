@@ -150,6 +150,7 @@ pub async fn spawn_worker(
             .collect(),
         tls: inputs.tls.clone(),
         access_log: inputs.access_log.is_some(),
+        balance: inputs.balance.is_some(),
     }));
     let mut fds: Vec<BorrowedFd<'_>> = inputs
         .sockets
@@ -157,6 +158,7 @@ pub async fn spawn_worker(
         .map(|(_, socket)| socket.as_fd())
         .collect();
     fds.extend(inputs.access_log.as_ref().map(|file| file.as_fd()));
+    fds.extend(inputs.balance.as_ref().map(|board| board.as_fd()));
     if let Err(err) = channel.send(&hello, &fds).await {
         let _ = child.start_kill();
         let _ = child.wait().await;

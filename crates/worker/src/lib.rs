@@ -4,6 +4,7 @@
 
 mod access_log;
 mod app;
+mod balance;
 mod buffered;
 mod cidr;
 mod file_server;
@@ -161,13 +162,28 @@ struct Running {
 }
 
 async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerError> {
-    let expected = hello.listeners.len() + usize::from(hello.access_log);
+    let expected =
+        hello.listeners.len() + usize::from(hello.access_log) + usize::from(hello.balance);
     if fds.len() != expected {
         return Err(WorkerError::FdMismatch {
             expected,
             fds: fds.len(),
         });
     }
+    // The balance board, when there is one, travels last. Without it, the
+    // worker still serves; connections may just spread less evenly.
+    let board = match hello.balance.then(|| fds.pop()).flatten() {
+        Some(fd) => {
+            match balance::Board::map(fd, hello.config.system.workers, hello.worker_index) {
+                Ok(board) => Some(Arc::new(board)),
+                Err(err) => {
+                    tracing::warn!("accepting without the balance board: {err}");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     // The access log, when there is one, travels after the listeners.
     let access_log = match hello.access_log.then(|| fds.pop()).flatten() {
         Some(fd) => Some(access_log::AccessLog::install(std::fs::File::from(fd))?),
@@ -189,7 +205,7 @@ async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerEr
 
     let (stop_accepting, stop_rx) = watch::channel(false);
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let connections = serve::ConnectionCount::default();
+    let connections = serve::ConnectionCount::new(board);
     let mut apps = Vec::new();
     let mut loops = Vec::new();
     for service in &hello.config.services {

@@ -14,6 +14,8 @@ use river_config::ListenAddress;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
+use crate::balance::{Board, DEFER_TICK, MAX_DEFER};
+
 /// A listening socket received from the master, registered with this runtime.
 /// pingora's listener records each connection's peer address (X-Forwarded-For,
 /// CIDR filters, logs).
@@ -46,26 +48,60 @@ impl Inherited {
 }
 
 /// Open downstream connections of this worker; the worker exits when draining
-/// and this reaches zero.
+/// and this reaches zero. With a balance board, siblings see the count too.
 #[derive(Clone, Default)]
-pub struct ConnectionCount(Arc<AtomicU64>);
+pub struct ConnectionCount {
+    open: Arc<AtomicU64>,
+    board: Option<Arc<Board>>,
+}
 
 impl ConnectionCount {
+    pub fn new(board: Option<Arc<Board>>) -> Self {
+        ConnectionCount {
+            open: Arc::default(),
+            board,
+        }
+    }
+
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Acquire)
+        self.open.load(Ordering::Acquire)
     }
 
     fn open(&self) -> ConnectionGuard {
-        self.0.fetch_add(1, Ordering::AcqRel);
-        ConnectionGuard(self.0.clone())
+        self.open.fetch_add(1, Ordering::AcqRel);
+        if let Some(board) = &self.board {
+            board.opened();
+        }
+        ConnectionGuard(self.clone())
+    }
+
+    /// Hold back the next accept while a sibling has fewer connections, for
+    /// at most MAX_DEFER ticks; false if `stop` turned true meanwhile.
+    async fn make_way(&self, stop: &mut watch::Receiver<bool>) -> bool {
+        let Some(board) = &self.board else {
+            return true;
+        };
+        for _ in 0..MAX_DEFER {
+            if !board.should_defer() {
+                break;
+            }
+            tokio::select! {
+                _ = stop.wait_for(|stopped| *stopped) => return false,
+                _ = tokio::time::sleep(DEFER_TICK) => {}
+            }
+        }
+        true
     }
 }
 
-struct ConnectionGuard(Arc<AtomicU64>);
+struct ConnectionGuard(ConnectionCount);
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        if let Some(board) = &self.0.board {
+            board.closed();
+        }
     }
 }
 
@@ -81,6 +117,9 @@ pub async fn accept_loop<A>(
     A: ServerApp + Send + Sync + 'static,
 {
     loop {
+        if !connections.make_way(&mut stop).await {
+            break;
+        }
         let accepted = tokio::select! {
             biased;
             _ = stop.wait_for(|stopped| *stopped) => break,
