@@ -26,34 +26,24 @@ use pingora_core::protocols::{
 use pingora_core::protocols::{Peek, Shutdown, Ssl, UniqueID, UniqueIDType};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-#[derive(Debug)]
-pub struct WriteBuffered(Coalescing<L4Stream>);
-
-impl WriteBuffered {
-    pub fn new(stream: L4Stream) -> Self {
-        WriteBuffered(Coalescing::new(stream, DEFAULT_L4_WRITE_BUFFER_SIZE))
-    }
-
-    fn socket(&self) -> &L4Stream {
-        &self.0.io
-    }
-
-    fn socket_mut(&mut self) -> &mut L4Stream {
-        &mut self.0.io
-    }
-}
-
 /// Buffers writes up to `capacity`; see the module documentation.
 #[derive(Debug)]
-struct Coalescing<W> {
+pub struct WriteBuffered<W = L4Stream> {
     io: W,
     buf: Vec<u8>,
     capacity: usize,
 }
 
-impl<W: AsyncWrite + Unpin> Coalescing<W> {
-    fn new(io: W, capacity: usize) -> Self {
-        Coalescing {
+impl WriteBuffered {
+    /// A downstream socket with pingora's default write buffer.
+    pub fn new(stream: L4Stream) -> Self {
+        WriteBuffered::with_capacity(stream, DEFAULT_L4_WRITE_BUFFER_SIZE)
+    }
+}
+
+impl<W: AsyncWrite + Unpin> WriteBuffered<W> {
+    fn with_capacity(io: W, capacity: usize) -> Self {
+        WriteBuffered {
             io,
             buf: Vec::with_capacity(capacity),
             capacity,
@@ -73,7 +63,7 @@ impl<W: AsyncWrite + Unpin> Coalescing<W> {
     }
 }
 
-impl<W: AsyncRead + Unpin> AsyncRead for Coalescing<W> {
+impl<W: AsyncRead + Unpin> AsyncRead for WriteBuffered<W> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -83,7 +73,7 @@ impl<W: AsyncRead + Unpin> AsyncRead for Coalescing<W> {
     }
 }
 
-impl<W: AsyncWrite + Unpin> AsyncWrite for Coalescing<W> {
+impl<W: AsyncWrite + Unpin> AsyncWrite for WriteBuffered<W> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -140,98 +130,62 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Coalescing<W> {
     }
 }
 
-impl AsyncRead for WriteBuffered {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for WriteBuffered {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
 #[async_trait]
 impl Shutdown for WriteBuffered {
     async fn shutdown(&mut self) {
         // What is buffered goes out before the socket closes.
-        let _ = self.0.flush().await;
-        Shutdown::shutdown(self.socket_mut()).await;
+        let _ = self.flush().await;
+        Shutdown::shutdown(&mut self.io).await;
     }
 }
 
 impl UniqueID for WriteBuffered {
     fn id(&self) -> UniqueIDType {
-        self.socket().id()
+        self.io.id()
     }
 }
 
-/// Plain connections: no TLS.
+/// No TLS at this layer (a TLS stream wraps this one).
 impl Ssl for WriteBuffered {}
 
 impl GetTimingDigest for WriteBuffered {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.socket().get_timing_digest()
+        self.io.get_timing_digest()
     }
 
     fn get_read_pending_time(&self) -> Duration {
-        self.socket().get_read_pending_time()
+        self.io.get_read_pending_time()
     }
 
     fn get_write_pending_time(&self) -> Duration {
-        self.socket().get_write_pending_time()
+        self.io.get_write_pending_time()
     }
 }
 
 impl GetProxyDigest for WriteBuffered {
     fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.socket().get_proxy_digest()
+        self.io.get_proxy_digest()
     }
 
     fn set_proxy_digest(&mut self, digest: ProxyDigest) {
-        self.socket_mut().set_proxy_digest(digest)
+        self.io.set_proxy_digest(digest)
     }
 }
 
 impl GetSocketDigest for WriteBuffered {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.socket().get_socket_digest()
+        self.io.get_socket_digest()
     }
 
     fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.socket_mut().set_socket_digest(digest)
+        self.io.set_socket_digest(digest)
     }
 }
 
 #[async_trait]
 impl Peek for WriteBuffered {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        self.socket_mut().try_peek(buf).await
+        self.io.try_peek(buf).await
     }
 }
 
@@ -301,7 +255,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_header_and_a_body_larger_than_the_buffer_leave_in_one_write() {
-        let mut w = Coalescing::new(Recorder::default(), DEFAULT_L4_WRITE_BUFFER_SIZE);
+        let mut w = WriteBuffered::with_capacity(Recorder::default(), DEFAULT_L4_WRITE_BUFFER_SIZE);
         let header = b"HTTP/1.1 200 OK\r\nContent-Length: 4096\r\n\r\n";
         let body = vec![b'b'; 4096];
         w.write_all(header).await.unwrap();
@@ -321,7 +275,7 @@ mod tests {
                     stall,
                     ..Recorder::default()
                 };
-                let mut w = Coalescing::new(io, 1460);
+                let mut w = WriteBuffered::with_capacity(io, 1460);
                 let mut expected = Vec::new();
                 for (i, len) in [10, 3000, 1, 1460, 0, 200, 1300, 9000, 5]
                     .iter()
