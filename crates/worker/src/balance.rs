@@ -13,14 +13,16 @@
 //! worker that holds more connections than its least loaded sibling (plus a
 //! little slack) waits a millisecond, at most [`MAX_DEFER`] times, so that the
 //! sibling takes the connection. The bound keeps a stuck or dead sibling from
-//! ever stopping this worker from accepting.
+//! ever stopping this worker from accepting. A worker without siblings keeps
+//! its count on a private board of one slot, so there is one counter either way.
 
+use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+use nix::sys::mman::{mmap, mmap_anonymous, munmap, MapFlags, ProtFlags};
 
 use river_ipc::BALANCE_SLOT_BYTES as SLOT_BYTES;
 
@@ -29,6 +31,10 @@ use river_ipc::BALANCE_SLOT_BYTES as SLOT_BYTES;
 const SLACK: u64 = 1;
 /// How many times, one tick apart, a worker defers one accept at most.
 pub const MAX_DEFER: u32 = 2;
+const ONE_SLOT: NonZeroUsize = match NonZeroUsize::new(SLOT_BYTES) {
+    Some(bytes) => bytes,
+    None => panic!("a slot has bytes"),
+};
 /// One deferral tick.
 pub const DEFER_TICK: Duration = Duration::from_millis(1);
 
@@ -61,16 +67,11 @@ impl Board {
     /// worker's slot (a predecessor in the same slot may have died holding some).
     pub fn map(fd: OwnedFd, workers: usize, index: usize) -> Result<Board, BoardError> {
         let bytes = u64::try_from(nix::sys::stat::fstat(&fd)?.st_size).unwrap_or(0);
-        let needed = workers.checked_mul(SLOT_BYTES);
-        if index >= workers || needed.is_none_or(|n| bytes < n as u64) {
-            return Err(BoardError::TooSmall {
-                bytes,
-                index,
-                workers,
-            });
-        }
-        let length =
-            std::num::NonZeroUsize::new(workers * SLOT_BYTES).ok_or(BoardError::TooSmall {
+        let length = workers
+            .checked_mul(SLOT_BYTES)
+            .and_then(NonZeroUsize::new)
+            .filter(|length| index < workers && length.get() as u64 <= bytes)
+            .ok_or(BoardError::TooSmall {
                 bytes,
                 index,
                 workers,
@@ -87,13 +88,32 @@ impl Board {
                 0,
             )?
         };
+        Ok(Board::at(base, workers, index))
+    }
+
+    /// A board of one slot that no other process sees: the connection count of
+    /// a worker without siblings, or whose board could not be mapped.
+    pub fn alone() -> Result<Board, BoardError> {
+        // SAFETY: a fresh private anonymous mapping, owned by the returned Board.
+        let base = unsafe {
+            mmap_anonymous(
+                None,
+                ONE_SLOT,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_PRIVATE,
+            )?
+        };
+        Ok(Board::at(base, 1, 0))
+    }
+
+    fn at(base: NonNull<std::ffi::c_void>, workers: usize, me: usize) -> Board {
         let board = Board {
             counters: base.cast(),
             workers,
-            me: index,
+            me,
         };
-        board.slot(index).store(0, Ordering::Release);
-        Ok(board)
+        board.slot(me).store(0, Ordering::Release);
+        board
     }
 
     fn slot(&self, index: usize) -> &AtomicU64 {
@@ -107,6 +127,11 @@ impl Board {
                 .byte_add(index * SLOT_BYTES)
                 .cast_const()
         }
+    }
+
+    /// This worker's open connections.
+    pub fn open_connections(&self) -> u64 {
+        self.slot(self.me).load(Ordering::Acquire)
     }
 
     pub fn opened(&self) {
@@ -188,6 +213,17 @@ mod tests {
         assert!(!other.should_defer());
         let _replacement = Board::map(fd, 2, 1).unwrap();
         assert!(other.should_defer(), "the replacement's slot was reset");
+    }
+
+    #[test]
+    fn a_board_alone_counts_and_never_defers() {
+        let board = Board::alone().unwrap();
+        for _ in 0..5 {
+            board.opened();
+        }
+        board.closed();
+        assert_eq!(board.open_connections(), 4);
+        assert!(!board.should_defer());
     }
 
     #[test]

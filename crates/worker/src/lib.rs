@@ -52,6 +52,8 @@ pub enum WorkerError {
     Privileges(#[from] PrivilegeError),
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error("connection counter: {0}")]
+    Board(#[from] balance::BoardError),
     #[error("start-up failure injected by the test hook ({0} exists)")]
     FaultInjected(String),
 }
@@ -173,17 +175,13 @@ async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerEr
     // The balance board, when there is one, travels last. Without it, the
     // worker still serves; connections may just spread less evenly.
     let board = match hello.balance.then(|| fds.pop()).flatten() {
-        Some(fd) => {
-            match balance::Board::map(fd, hello.config.system.workers, hello.worker_index) {
-                Ok(board) => Some(Arc::new(board)),
-                Err(err) => {
-                    tracing::warn!("accepting without the balance board: {err}");
-                    None
-                }
-            }
-        }
-        None => None,
-    };
+        Some(fd) => balance::Board::map(fd, hello.config.system.workers, hello.worker_index)
+            .or_else(|err| {
+                tracing::warn!("accepting without the balance board: {err}");
+                balance::Board::alone()
+            }),
+        None => balance::Board::alone(),
+    }?;
     // The access log, when there is one, travels after the listeners.
     let access_log = match hello.access_log.then(|| fds.pop()).flatten() {
         Some(fd) => Some(access_log::AccessLog::install(std::fs::File::from(fd))?),

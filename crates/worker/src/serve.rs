@@ -3,7 +3,6 @@
 //! copy; the master's copy keeps the queue for the next generation.
 
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,41 +47,29 @@ impl Inherited {
 }
 
 /// Open downstream connections of this worker; the worker exits when draining
-/// and this reaches zero. With a balance board, siblings see the count too.
-#[derive(Clone, Default)]
-pub struct ConnectionCount {
-    open: Arc<AtomicU64>,
-    board: Option<Arc<Board>>,
-}
+/// and this reaches zero. Kept on the balance board, where siblings see it.
+#[derive(Clone)]
+pub struct ConnectionCount(Arc<Board>);
 
 impl ConnectionCount {
-    pub fn new(board: Option<Arc<Board>>) -> Self {
-        ConnectionCount {
-            open: Arc::default(),
-            board,
-        }
+    pub fn new(board: Board) -> Self {
+        ConnectionCount(Arc::new(board))
     }
 
     pub fn get(&self) -> u64 {
-        self.open.load(Ordering::Acquire)
+        self.0.open_connections()
     }
 
     fn open(&self) -> ConnectionGuard {
-        self.open.fetch_add(1, Ordering::AcqRel);
-        if let Some(board) = &self.board {
-            board.opened();
-        }
-        ConnectionGuard(self.clone())
+        self.0.opened();
+        ConnectionGuard(self.0.clone())
     }
 
     /// Hold back the next accept while a sibling has fewer connections, for
     /// at most MAX_DEFER ticks; false if `stop` turned true meanwhile.
     async fn make_way(&self, stop: &mut watch::Receiver<bool>) -> bool {
-        let Some(board) = &self.board else {
-            return true;
-        };
         for _ in 0..MAX_DEFER {
-            if !board.should_defer() {
+            if !self.0.should_defer() {
                 break;
             }
             tokio::select! {
@@ -94,14 +81,11 @@ impl ConnectionCount {
     }
 }
 
-struct ConnectionGuard(ConnectionCount);
+struct ConnectionGuard(Arc<Board>);
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
-        if let Some(board) = &self.0.board {
-            board.closed();
-        }
+        self.0.closed();
     }
 }
 
