@@ -42,6 +42,19 @@ pub struct Hello {
 /// counters never share one.
 pub const BALANCE_SLOT_BYTES: usize = 64;
 
+/// A new balance board for `workers` slots, all zero: what the master sends
+/// with `Hello { balance: true, .. }`.
+pub fn balance_board(workers: usize) -> std::io::Result<std::os::fd::OwnedFd> {
+    let bytes = workers
+        .checked_mul(BALANCE_SLOT_BYTES)
+        .ok_or(std::io::ErrorKind::InvalidInput)?;
+    let fd =
+        nix::sys::memfd::memfd_create("river-balance", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
+    let file = std::fs::File::from(fd);
+    file.set_len(bytes as u64)?;
+    Ok(file.into())
+}
+
 /// The PEM contents of one TLS listener's `cert-path` and `key-path`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TlsMaterial {

@@ -50,7 +50,7 @@ impl GenerationInputs {
         let access_log = open_access_log(&config)?;
         let balance = match config.system.workers {
             0 | 1 => None,
-            workers => Some(balance_board(workers).map_err(InputError::BalanceBoard)?),
+            workers => Some(river_ipc::balance_board(workers).map_err(InputError::BalanceBoard)?),
         };
         let sockets = listeners.prepare(&config)?;
         Ok(GenerationInputs {
@@ -67,18 +67,6 @@ impl GenerationInputs {
         self.access_log = open_access_log(&self.config)?;
         Ok(self.access_log.clone())
     }
-}
-
-/// A zeroed memfd with one counter slot per worker.
-fn balance_board(workers: usize) -> std::io::Result<OwnedFd> {
-    let fd =
-        nix::sys::memfd::memfd_create("river-balance", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
-    let file = File::from(fd);
-    let bytes = workers
-        .checked_mul(river_ipc::BALANCE_SLOT_BYTES)
-        .ok_or(std::io::ErrorKind::InvalidInput)?;
-    file.set_len(bytes as u64)?;
-    Ok(OwnedFd::from(file))
 }
 
 fn read_pem(path: &Path) -> Result<Vec<u8>, InputError> {

@@ -168,18 +168,11 @@ impl Drop for Board {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A board as the master makes one (`river::inputs`).
-    fn create(workers: usize) -> std::io::Result<OwnedFd> {
-        let fd = nix::sys::memfd::memfd_create("test", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
-        let file = std::fs::File::from(fd);
-        file.set_len((workers * SLOT_BYTES) as u64)?;
-        Ok(OwnedFd::from(file))
-    }
+    use river_ipc::balance_board;
 
     #[test]
     fn a_worker_defers_only_to_a_less_loaded_sibling() {
-        let fd = create(3).unwrap();
+        let fd = balance_board(3).unwrap();
         let a = Board::map(fd.try_clone().unwrap(), 3, 0).unwrap();
         let b = Board::map(fd.try_clone().unwrap(), 3, 1).unwrap();
         let c = Board::map(fd, 3, 2).unwrap();
@@ -202,7 +195,7 @@ mod tests {
 
     #[test]
     fn a_replacement_starts_its_slot_at_zero() {
-        let fd = create(2).unwrap();
+        let fd = balance_board(2).unwrap();
         let dead = Board::map(fd.try_clone().unwrap(), 2, 1).unwrap();
         for _ in 0..5 {
             dead.opened();
@@ -228,7 +221,7 @@ mod tests {
 
     #[test]
     fn a_board_too_small_for_the_slot_is_refused() {
-        let fd = create(2).unwrap();
+        let fd = balance_board(2).unwrap();
         assert!(matches!(
             Board::map(fd.try_clone().unwrap(), 3, 2),
             Err(BoardError::TooSmall { .. })
