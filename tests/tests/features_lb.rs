@@ -41,14 +41,20 @@ fn tally(port: u16, paths: impl IntoIterator<Item = String>) -> HashMap<String, 
     counts
 }
 
-#[test]
-fn round_robin_spreads_evenly_and_reload_changes_the_set() {
+/// Upstreams "a", "b" and "c", and their addresses.
+fn three_upstreams() -> ([Upstream; 3], Vec<SocketAddr>) {
     let ups = [
         Upstream::start("a"),
         Upstream::start("b"),
         Upstream::start("c"),
     ];
-    let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
+    let addrs = ups.iter().map(|u| u.addr).collect();
+    (ups, addrs)
+}
+
+#[test]
+fn round_robin_spreads_evenly_and_reload_changes_the_set() {
+    let (_ups, addrs) = three_upstreams();
     let port = free_port();
     let river = River::start(
         "    workers 1",
@@ -74,12 +80,7 @@ fn round_robin_spreads_evenly_and_reload_changes_the_set() {
 
 #[test]
 fn ketama_sends_a_path_to_the_same_upstream() {
-    let ups = [
-        Upstream::start("a"),
-        Upstream::start("b"),
-        Upstream::start("c"),
-    ];
-    let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
+    let (_ups, addrs) = three_upstreams();
     let port = free_port();
     let _river = River::start(
         "    workers 2",
