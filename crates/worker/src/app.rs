@@ -17,7 +17,8 @@ use river_config::{ProxyService, RequestFilter, Service, ServiceKind};
 use crate::access_log::{AccessLog, Entry};
 use crate::cidr::CidrBlocklist;
 use crate::file_server::FileServer;
-use crate::filters::{apply_all, compile_all, CompiledHeaderFilter, FilterError};
+use crate::filters::{apply_all, compile_all, CompiledHeaderFilter, FilterError, HeaderPlan};
+use crate::h1_proxy::Forwarder;
 use crate::rate_limit::{RateLimitError, RateLimiter};
 use crate::respond::{respond, respond_status, status_body};
 use crate::upstreams::{peer, UpstreamError, Upstreams};
@@ -30,13 +31,13 @@ pub struct RiverApp {
 }
 
 enum Logic {
-    Proxy(Box<Proxy>),
+    Proxy(Arc<Proxy>),
     Files(FileServer),
     Static(Bytes),
 }
 
-struct Proxy {
-    upstreams: Arc<Upstreams>,
+pub(crate) struct Proxy {
+    pub(crate) upstreams: Arc<Upstreams>,
     blocked: CidrBlocklist,
     rate_limiter: RateLimiter,
     upstream_request: Vec<CompiledHeaderFilter>,
@@ -85,7 +86,7 @@ impl RiverApp {
     pub fn build(service: &Service, access_log: Option<AccessLog>) -> Result<Self, BuildError> {
         let logic = match &service.kind {
             ServiceKind::Proxy(proxy) => {
-                Logic::Proxy(Box::new(Proxy::build(&service.name, proxy)?))
+                Logic::Proxy(Arc::new(Proxy::build(&service.name, proxy)?))
             }
             ServiceKind::WelcomePage => Logic::Static(Bytes::from(crate::welcome::page())),
             ServiceKind::FileServer(files) => {
@@ -107,6 +108,23 @@ impl RiverApp {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The HTTP/1 fast path of this service, if it is a proxy whose upstreams
+    /// all speak plain HTTP/1.1 (TLS and h2 upstreams stay with pingora).
+    pub fn forwarder(&self) -> Option<Forwarder> {
+        let Logic::Proxy(proxy) = &self.logic else {
+            return None;
+        };
+        if !proxy.upstreams.all_plain_h1() {
+            return None;
+        }
+        Some(Forwarder::new(
+            proxy.clone(),
+            self.access_log.clone(),
+            HeaderPlan::new(&proxy.upstream_request),
+            HeaderPlan::new(&proxy.upstream_response),
+        ))
     }
 }
 
@@ -147,7 +165,7 @@ impl Proxy {
     }
 
     /// The request filters and rate limits: Some(status) refuses the request.
-    fn admission(&self, client: Option<IpAddr>, path: &str) -> Option<u16> {
+    pub(crate) fn admission(&self, client: Option<IpAddr>, path: &str) -> Option<u16> {
         // River answers 400 to blocked clients; 403 says what happened.
         if client.is_some_and(|ip| self.blocked.blocks(ip)) {
             return Some(403);

@@ -94,6 +94,65 @@ pub fn apply_all(filters: &[CompiledHeaderFilter], headers: &mut impl HeaderEdit
     }
 }
 
+/// The filters of one direction arranged for the HTTP/1 forwarder, which
+/// copies header lines instead of building a header map: which incoming names
+/// to drop and which headers to append. The outcome is that of `apply_all`
+/// run in order; a test holds the two together.
+#[derive(Debug, Default)]
+pub struct HeaderPlan {
+    removes: Vec<Regex>,
+    upserted: Vec<HeaderName>,
+    appended: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl HeaderPlan {
+    pub fn new(filters: &[CompiledHeaderFilter]) -> Self {
+        let mut plan = HeaderPlan::default();
+        for (i, filter) in filters.iter().enumerate() {
+            match filter {
+                CompiledHeaderFilter::Remove(regex) => plan.removes.push(regex.clone()),
+                CompiledHeaderFilter::Upsert(name, value) => {
+                    plan.upserted.push(name.clone());
+                    // A later upsert of the same name replaces it; a later
+                    // matching removal removes it.
+                    let later = &filters[i + 1..];
+                    let survives = !later.iter().any(|f| match f {
+                        CompiledHeaderFilter::Remove(regex) => regex.is_match(name.as_str()),
+                        CompiledHeaderFilter::Upsert(other, _) => other == name,
+                    });
+                    if survives {
+                        plan.appended.push((name.clone(), value.clone()));
+                    }
+                }
+            }
+        }
+        plan
+    }
+
+    /// Whether a header named `name` (any case) that is present before the
+    /// filters run, from the client or added by the proxy, survives them.
+    pub fn keeps(&self, name: &[u8]) -> bool {
+        if self
+            .upserted
+            .iter()
+            .any(|u| u.as_str().as_bytes().eq_ignore_ascii_case(name))
+        {
+            return false;
+        }
+        if self.removes.is_empty() {
+            return true;
+        }
+        // The filters see names as `HeaderName` has them: lower case.
+        let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
+        !self.removes.iter().any(|regex| regex.is_match(&lower))
+    }
+
+    /// Headers the filters add, to follow the incoming ones that survive.
+    pub fn appended(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.appended
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +199,64 @@ mod tests {
             value: "v".into(),
         });
         assert!(matches!(err, Err(FilterError::Header { .. })));
+    }
+
+    /// Run `filters` both ways over the same headers and compare.
+    fn plan_agrees_with_apply_all(filters: &[HeaderFilter], incoming: &[(&str, &str)]) {
+        let compiled = compile_all(filters).unwrap();
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        for (name, value) in incoming {
+            req.append_header(name.to_string(), *value).unwrap();
+        }
+        apply_all(&compiled, &mut req);
+        let mut expected: Vec<(String, String)> = req
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+
+        let plan = HeaderPlan::new(&compiled);
+        let mut planned: Vec<(String, String)> = incoming
+            .iter()
+            .filter(|(name, _)| plan.keeps(name.as_bytes()))
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
+            .collect();
+        planned.extend(
+            plan.appended()
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned())),
+        );
+        expected.sort();
+        planned.sort();
+        assert_eq!(planned, expected, "filters {filters:?}");
+    }
+
+    #[test]
+    fn the_plan_has_the_outcome_of_the_filters_in_order() {
+        let remove = |p: &str| HeaderFilter::RemoveHeaderKeyRegex { pattern: p.into() };
+        let upsert = |k: &str, v: &str| HeaderFilter::UpsertHeader {
+            key: k.into(),
+            value: v.into(),
+        };
+        let incoming = [
+            ("X-Secret-Token", "1"),
+            ("x-keep", "2"),
+            ("X-Forwarded-For", "10.0.0.1"),
+            ("x-dup", "a"),
+            ("X-Dup", "b"),
+        ];
+        let cases = [
+            vec![],
+            vec![remove(".*secret.*")],
+            vec![upsert("x-keep", "new")],
+            vec![upsert("x-new", "1"), remove("x-new")],
+            vec![remove("x-new"), upsert("x-new", "1")],
+            vec![upsert("x-new", "1"), upsert("x-new", "2")],
+            vec![upsert("x-dup", "c"), remove("^x-forwarded")],
+            vec![remove("(?i)X-KEEP"), upsert("x-secret-token", "s")],
+        ];
+        for filters in cases {
+            plan_agrees_with_apply_all(&filters, &incoming);
+        }
     }
 }

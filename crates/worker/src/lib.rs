@@ -6,12 +6,15 @@ mod access_log;
 mod app;
 mod balance;
 mod buffered;
+mod chunked;
 mod cidr;
 mod file_server;
 mod filters;
+mod h1_proxy;
 mod privileges;
 mod rate_limit;
 mod respond;
+mod rewind;
 mod serve;
 mod tls;
 mod upstreams;
@@ -160,7 +163,7 @@ struct Running {
     /// pingora's shutdown flag: next responses carry `Connection: close`.
     shutdown: watch::Sender<bool>,
     connections: serve::ConnectionCount,
-    apps: Vec<Arc<pingora_proxy::HttpProxy<RiverApp>>>,
+    apps: Vec<Arc<h1_proxy::Front>>,
 }
 
 async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerError> {
@@ -207,9 +210,11 @@ async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerEr
     let mut apps = Vec::new();
     let mut loops = Vec::new();
     for service in &hello.config.services {
-        let app = Arc::new(pingora_proxy::http_proxy(
-            &server_conf,
-            RiverApp::build(service, access_log.clone())?,
+        let river_app = RiverApp::build(service, access_log.clone())?;
+        let forwarder = river_app.forwarder();
+        let app = Arc::new(h1_proxy::Front::new(
+            Arc::new(pingora_proxy::http_proxy(&server_conf, river_app)),
+            forwarder,
         ));
         for listener in &service.listeners {
             let fd = sockets

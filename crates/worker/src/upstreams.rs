@@ -22,7 +22,7 @@ use river_config::{HealthCheck, LoadBalance, Selection, SelectionKey, Upstream, 
 
 /// How long connecting to an upstream may take (nginx's proxy_connect_timeout
 /// is 60 s; a reverse proxy in front of local services wants to fail faster).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A health check probe's own limit: a hung upstream is an unhealthy one.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -96,6 +96,13 @@ impl Upstreams {
 
     pub fn len(&self) -> usize {
         self.by_address.len()
+    }
+
+    /// Whether every upstream is reached over plain TCP with HTTP/1.1.
+    pub fn all_plain_h1(&self) -> bool {
+        self.by_address
+            .values()
+            .all(|u| u.tls_sni.is_none() && u.proto == UpstreamProto::H1Only)
     }
 
     /// The selection key of a request: its URI path, or client address and path.
