@@ -868,4 +868,138 @@ mod tests {
         assert_eq!(&itoa3(404), b"404");
         assert_eq!(&itoa3(999), b"999");
     }
+
+    mod serving {
+        use super::super::*;
+        use pingora_core::protocols::l4::stream::Stream as L4Stream;
+        use tokio::net::TcpListener;
+        use tokio::sync::watch;
+
+        /// An upstream answering `ok` to every request, keep-alive, and the
+        /// forwarder of a service proxying to it.
+        async fn forwarder() -> Forwarder {
+            forwarder_counting().await.0
+        }
+
+        /// As `forwarder`, with the number of connections the upstream accepted.
+        async fn forwarder_counting() -> (Forwarder, Arc<std::sync::atomic::AtomicUsize>) {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let counter = accepted.clone();
+            tokio::spawn(async move {
+                loop {
+                    let (mut conn, _) = listener.accept().await.unwrap();
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        let mut seen = Vec::new();
+                        let mut buf = [0u8; 4096];
+                        loop {
+                            match conn.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                            }
+                            while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                                seen.drain(..end + 4);
+                                let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                                if conn.write_all(reply).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    });
+                }
+            });
+            let source = format!(
+                "services {{ P {{ listeners {{ \"127.0.0.1:1\" }}\n connectors {{ \"{address}\" }} }} }}"
+            );
+            let config = river_config::parse(&source, "test.kdl").unwrap();
+            let app = RiverApp::build(&config.services[0], None).unwrap();
+            let forwarder = app
+                .forwarder()
+                .expect("plain HTTP/1.1 upstreams take the fast path");
+            (forwarder, accepted)
+        }
+
+        /// A connected client socket, and the accepted end as pingora's stream.
+        async fn connection() -> (tokio::net::TcpStream, Stream) {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (accepted, _) = listener.accept().await.unwrap();
+            (client, Box::new(L4Stream::from(accepted)))
+        }
+
+        async fn read_some(client: &mut tokio::net::TcpStream) -> String {
+            let mut buf = vec![0u8; 4096];
+            let n = client.read(&mut buf).await.unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        }
+
+        #[tokio::test]
+        async fn forwards_plain_requests_and_hands_an_upgrade_to_pingora_intact() {
+            let forwarder = forwarder().await;
+            let (mut client, stream) = connection().await;
+            let upgrade = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+            client
+                .write_all(format!("GET /a HTTP/1.1\r\nHost: x\r\n\r\n{upgrade}").as_bytes())
+                .await
+                .unwrap();
+            let (_tx, shutdown) = watch::channel(false);
+            let mut rest = forwarder
+                .serve(stream, &shutdown)
+                .await
+                .expect("the upgrade is handed over");
+            let answer = read_some(&mut client).await;
+            assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+            assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
+            let mut handed = vec![0u8; upgrade.len()];
+            rest.read_exact(&mut handed).await.unwrap();
+            assert_eq!(String::from_utf8(handed).unwrap(), upgrade);
+        }
+
+        #[tokio::test]
+        async fn upstream_connections_are_reused_across_clients() {
+            let (forwarder, accepted) = forwarder_counting().await;
+            for _ in 0..3 {
+                let (mut client, stream) = connection().await;
+                client
+                    .write_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+                    .await
+                    .unwrap();
+                let (_tx, shutdown) = watch::channel(false);
+                assert!(forwarder.serve(stream, &shutdown).await.is_none());
+                assert!(read_some(&mut client).await.ends_with("ok"));
+            }
+            assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        }
+
+        #[tokio::test]
+        async fn http_1_0_goes_to_pingora_at_once() {
+            let forwarder = forwarder().await;
+            let (mut client, stream) = connection().await;
+            client.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+            let (_tx, shutdown) = watch::channel(false);
+            assert!(forwarder.serve(stream, &shutdown).await.is_some());
+        }
+
+        #[tokio::test]
+        async fn close_and_draining_end_the_connection_after_the_response() {
+            let forwarder = forwarder().await;
+            for (request, draining) in [
+                ("GET / HTTP/1.1\r\nConnection: close\r\n\r\n", false),
+                ("GET / HTTP/1.1\r\n\r\n", true),
+            ] {
+                let (mut client, stream) = connection().await;
+                client.write_all(request.as_bytes()).await.unwrap();
+                let (_tx, shutdown) = watch::channel(draining);
+                assert!(forwarder.serve(stream, &shutdown).await.is_none());
+                let mut all = String::new();
+                client.read_to_string(&mut all).await.unwrap();
+                assert!(all.contains("\r\nconnection: close\r\n"), "{all}");
+                assert!(all.ends_with("ok"), "{all}");
+            }
+        }
+    }
 }
