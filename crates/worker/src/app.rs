@@ -297,8 +297,15 @@ impl ProxyHttp for RiverApp {
         &self,
         session: &mut Session,
         request: &mut RequestHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // An HTTP/1.0 request may come without Host; HTTP/1.1 upstreams
+        // refuse that. Name the upstream, as nginx's default `$proxy_host`.
+        if request.headers.get(http::header::HOST).is_none() {
+            if let Some(upstream) = ctx.upstream {
+                request.insert_header(http::header::HOST, upstream.to_string())?;
+            }
+        }
         if let Some(ip) = client_ip(session) {
             let forwarded = match request.headers.get("x-forwarded-for") {
                 Some(prior) => format!("{}, {ip}", String::from_utf8_lossy(prior.as_bytes())),

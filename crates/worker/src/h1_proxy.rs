@@ -50,6 +50,8 @@ const POOL_PER_UPSTREAM: usize = 128;
 const POOL_IDLE: Duration = Duration::from_secs(30);
 /// Read size for bodies.
 const BODY_CHUNK: usize = 64 * 1024;
+/// Between requests a connection keeps buffers up to this size.
+const IDLE_BUFFER_MAX: usize = 16 * 1024;
 
 /// A service's connection handler: the forwarder when it can take the
 /// connection, pingora otherwise.
@@ -114,6 +116,18 @@ struct Connection {
     /// The current request's method and path, for the log and the policies.
     method: String,
     path: String,
+}
+
+impl Connection {
+    fn shrink(&mut self) {
+        for buf in [&mut self.buf, &mut self.resp] {
+            if buf.capacity() > IDLE_BUFFER_MAX && buf.len() <= IDLE_BUFFER_MAX {
+                let mut small = BytesMut::with_capacity(IDLE_BUFFER_MAX);
+                small.extend_from_slice(buf);
+                *buf = small;
+            }
+        }
+    }
 }
 
 /// The parts of a request head the forwarder acts on.
@@ -233,6 +247,9 @@ impl Forwarder {
                 let _ = c.down.shutdown().await;
                 return None;
             }
+            // A large body grew the buffers; an idle keep-alive connection
+            // should not hold on to that.
+            c.shrink();
         }
     }
 
@@ -278,6 +295,7 @@ impl Forwarder {
 
         let mut body_len = None;
         let mut client_close = false;
+        let mut has_host = false;
         let mut forwarded_for: Vec<&[u8]> = Vec::new();
         let plan = &self.request_plan;
         for header in req.headers.iter() {
@@ -304,6 +322,12 @@ impl Forwarder {
                     }
                 }
                 Known::KeepAlive | Known::ProxyConnection => {}
+                Known::Host => {
+                    has_host = true;
+                    if plan.keeps(name) {
+                        write_header(out, name, header.value);
+                    }
+                }
                 Known::XForwardedFor if c.client.is_some() => forwarded_for.push(header.value),
                 Known::XForwardedProto => {}
                 _ => {
@@ -312,6 +336,10 @@ impl Forwarder {
                     }
                 }
             }
+        }
+        if !has_host {
+            // pingora names the upstream in a Host it adds (app.rs).
+            return Parsed::Pass;
         }
         if let Some(ip) = c.client {
             if plan.keeps(b"x-forwarded-for") {
@@ -754,6 +782,7 @@ fn parse_length(value: &[u8]) -> Option<u64> {
 /// The header names the forwarder treats specially.
 #[derive(Debug, PartialEq, Eq)]
 enum Known {
+    Host,
     ContentLength,
     TransferEncoding,
     Connection,
@@ -770,6 +799,7 @@ impl Known {
     fn of(name: &[u8]) -> Known {
         let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
         match name.len() {
+            4 if is("host") => Known::Host,
             6 if is("expect") => Known::Expect,
             7 if is("upgrade") => Known::Upgrade,
             10 if is("connection") => Known::Connection,
@@ -941,7 +971,8 @@ mod tests {
         async fn forwards_plain_requests_and_hands_an_upgrade_to_pingora_intact() {
             let forwarder = forwarder().await;
             let (mut client, stream) = connection().await;
-            let upgrade = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+            let upgrade =
+                "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
             client
                 .write_all(format!("GET /a HTTP/1.1\r\nHost: x\r\n\r\n{upgrade}").as_bytes())
                 .await
@@ -965,7 +996,7 @@ mod tests {
             for _ in 0..3 {
                 let (mut client, stream) = connection().await;
                 client
-                    .write_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+                    .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                     .await
                     .unwrap();
                 let (_tx, shutdown) = watch::channel(false);
@@ -976,20 +1007,28 @@ mod tests {
         }
 
         #[tokio::test]
-        async fn http_1_0_goes_to_pingora_at_once() {
+        async fn http_1_0_and_requests_without_host_go_to_pingora_at_once() {
             let forwarder = forwarder().await;
-            let (mut client, stream) = connection().await;
-            client.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
-            let (_tx, shutdown) = watch::channel(false);
-            assert!(forwarder.serve(stream, &shutdown).await.is_some());
+            for request in ["GET / HTTP/1.0\r\n\r\n", "GET / HTTP/1.1\r\n\r\n"] {
+                let (mut client, stream) = connection().await;
+                client.write_all(request.as_bytes()).await.unwrap();
+                let (_tx, shutdown) = watch::channel(false);
+                assert!(
+                    forwarder.serve(stream, &shutdown).await.is_some(),
+                    "{request}"
+                );
+            }
         }
 
         #[tokio::test]
         async fn close_and_draining_end_the_connection_after_the_response() {
             let forwarder = forwarder().await;
             for (request, draining) in [
-                ("GET / HTTP/1.1\r\nConnection: close\r\n\r\n", false),
-                ("GET / HTTP/1.1\r\n\r\n", true),
+                (
+                    "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                    false,
+                ),
+                ("GET / HTTP/1.1\r\nHost: x\r\n\r\n", true),
             ] {
                 let (mut client, stream) = connection().await;
                 client.write_all(request.as_bytes()).await.unwrap();
