@@ -727,15 +727,7 @@ fn content_length_request_bodies_arrive_byte_exact() {
     assert_eq!(response.body.len(), big.len());
     assert!(response.body == big, "the 1 MiB echo differs");
 
-    let received: Vec<Vec<u8>> = upstream
-        .requests()
-        .into_iter()
-        .filter(|(_, r)| r.path == "/echo")
-        .map(|(_, r)| r.body)
-        .collect();
-    assert_eq!(received.len(), 2);
-    assert_eq!(received[0], b"hello world");
-    assert!(received[1] == big, "the 1 MiB body upstream differs");
+    assert_echoed_upstream(&upstream, &big);
     assert_eq!(client.get("/after").text(), "path=/after");
 }
 
@@ -764,6 +756,12 @@ fn chunked_request_bodies_arrive_decoded() {
     assert_eq!(response.status, 200);
     assert!(response.body == big, "the chunked echo differs");
 
+    assert_echoed_upstream(&upstream, &big);
+    assert_eq!(client.get("/after").text(), "path=/after");
+}
+
+/// The upstream received exactly two `/echo` bodies: `hello world`, then `big`.
+fn assert_echoed_upstream(upstream: &RawUpstream, big: &[u8]) {
     let received: Vec<Vec<u8>> = upstream
         .requests()
         .into_iter()
@@ -772,8 +770,7 @@ fn chunked_request_bodies_arrive_decoded() {
         .collect();
     assert_eq!(received.len(), 2);
     assert_eq!(received[0], b"hello world");
-    assert!(received[1] == big, "the decoded body upstream differs");
-    assert_eq!(client.get("/after").text(), "path=/after");
+    assert!(received[1] == big, "the body upstream differs");
 }
 
 /// Case 6 (what River must do at the least): requests pipelined in one

@@ -13,17 +13,11 @@
 
 use std::io::IoSlice;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::protocols::l4::stream::{Stream as L4Stream, DEFAULT_L4_WRITE_BUFFER_SIZE};
-use pingora_core::protocols::raw_connect::ProxyDigest;
-use pingora_core::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, SocketDigest, TimingDigest,
-};
-use pingora_core::protocols::{Peek, Shutdown, Ssl, UniqueID, UniqueIDType};
+use pingora_core::protocols::{Peek, Shutdown, Ssl};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// Buffers writes up to `capacity`; see the module documentation.
@@ -139,48 +133,10 @@ impl Shutdown for WriteBuffered {
     }
 }
 
-impl UniqueID for WriteBuffered {
-    fn id(&self) -> UniqueIDType {
-        self.io.id()
-    }
-}
-
 /// No TLS at this layer (a TLS stream wraps this one).
 impl Ssl for WriteBuffered {}
 
-impl GetTimingDigest for WriteBuffered {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.io.get_timing_digest()
-    }
-
-    fn get_read_pending_time(&self) -> Duration {
-        self.io.get_read_pending_time()
-    }
-
-    fn get_write_pending_time(&self) -> Duration {
-        self.io.get_write_pending_time()
-    }
-}
-
-impl GetProxyDigest for WriteBuffered {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.io.get_proxy_digest()
-    }
-
-    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
-        self.io.set_proxy_digest(digest)
-    }
-}
-
-impl GetSocketDigest for WriteBuffered {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.io.get_socket_digest()
-    }
-
-    fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.io.set_socket_digest(digest)
-    }
-}
+delegate_connection_info!(WriteBuffered, io);
 
 #[async_trait]
 impl Peek for WriteBuffered {

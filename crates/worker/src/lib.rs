@@ -2,6 +2,59 @@
 //! sockets from the master, drops privileges, serves them with pingora, and
 //! drains on request or when the master goes away.
 
+/// pingora's per-connection traits (`UniqueID` and the digests) for a wrapper
+/// around a stream in its field `$field`, passed straight through.
+macro_rules! delegate_connection_info {
+    ($wrapper:ty, $field:ident) => {
+        impl pingora_core::protocols::UniqueID for $wrapper {
+            fn id(&self) -> pingora_core::protocols::UniqueIDType {
+                self.$field.id()
+            }
+        }
+
+        impl pingora_core::protocols::GetTimingDigest for $wrapper {
+            fn get_timing_digest(&self) -> Vec<Option<pingora_core::protocols::TimingDigest>> {
+                self.$field.get_timing_digest()
+            }
+
+            fn get_read_pending_time(&self) -> std::time::Duration {
+                self.$field.get_read_pending_time()
+            }
+
+            fn get_write_pending_time(&self) -> std::time::Duration {
+                self.$field.get_write_pending_time()
+            }
+        }
+
+        impl pingora_core::protocols::GetProxyDigest for $wrapper {
+            fn get_proxy_digest(
+                &self,
+            ) -> Option<std::sync::Arc<pingora_core::protocols::raw_connect::ProxyDigest>> {
+                self.$field.get_proxy_digest()
+            }
+
+            fn set_proxy_digest(
+                &mut self,
+                digest: pingora_core::protocols::raw_connect::ProxyDigest,
+            ) {
+                self.$field.set_proxy_digest(digest)
+            }
+        }
+
+        impl pingora_core::protocols::GetSocketDigest for $wrapper {
+            fn get_socket_digest(
+                &self,
+            ) -> Option<std::sync::Arc<pingora_core::protocols::SocketDigest>> {
+                self.$field.get_socket_digest()
+            }
+
+            fn set_socket_digest(&mut self, digest: pingora_core::protocols::SocketDigest) {
+                self.$field.set_socket_digest(digest)
+            }
+        }
+    };
+}
+
 mod access_log;
 mod app;
 mod balance;

@@ -5,17 +5,11 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
-use pingora_core::protocols::raw_connect::ProxyDigest;
-use pingora_core::protocols::tls::SslDigest;
-use pingora_core::protocols::tls::TlsRef;
-use pingora_core::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
-    TimingDigest, UniqueID, UniqueIDType, ALPN,
-};
+use pingora_core::protocols::tls::{SslDigest, TlsRef};
+use pingora_core::protocols::{Peek, Shutdown, Ssl, Stream, ALPN};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 #[derive(Debug)]
@@ -83,12 +77,6 @@ impl Shutdown for Rewind {
     }
 }
 
-impl UniqueID for Rewind {
-    fn id(&self) -> UniqueIDType {
-        self.io.id()
-    }
-}
-
 impl Ssl for Rewind {
     fn get_ssl(&self) -> Option<&TlsRef> {
         self.io.get_ssl()
@@ -103,39 +91,7 @@ impl Ssl for Rewind {
     }
 }
 
-impl GetTimingDigest for Rewind {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.io.get_timing_digest()
-    }
-
-    fn get_read_pending_time(&self) -> Duration {
-        self.io.get_read_pending_time()
-    }
-
-    fn get_write_pending_time(&self) -> Duration {
-        self.io.get_write_pending_time()
-    }
-}
-
-impl GetProxyDigest for Rewind {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.io.get_proxy_digest()
-    }
-
-    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
-        self.io.set_proxy_digest(digest)
-    }
-}
-
-impl GetSocketDigest for Rewind {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.io.get_socket_digest()
-    }
-
-    fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.io.set_socket_digest(digest)
-    }
-}
+delegate_connection_info!(Rewind, io);
 
 /// Peeking is only for h2c detection, which River does not configure; a
 /// stream that says it cannot peek is read normally.
