@@ -95,7 +95,8 @@ impl ChunkedScanner {
                 },
                 State::SizeLine { size } => self.after_size(size, byte)?,
                 State::DataEnd { cr: false } if byte == b'\r' => State::DataEnd { cr: true },
-                State::DataEnd { cr: true } if byte == b'\n' => {
+                // A bare LF is taken too, as lenient parsers do.
+                State::DataEnd { .. } if byte == b'\n' => {
                     self.next_line(State::Size { size: 0, digits: 0 })
                 }
                 State::DataEnd { .. } => return Err(ChunkedError),
@@ -167,6 +168,13 @@ mod tests {
     fn a_body_without_trailers_ends_at_the_empty_line() {
         let mut scanner = ChunkedScanner::default();
         assert_eq!(scanner.feed(b"0\r\n\r\nrest"), Ok(5));
+        assert!(scanner.is_done());
+    }
+
+    #[test]
+    fn bare_line_feeds_are_taken() {
+        let mut scanner = ChunkedScanner::default();
+        assert_eq!(scanner.feed(b"2\nab\n0\n\nrest"), Ok(8));
         assert!(scanner.is_done());
     }
 
