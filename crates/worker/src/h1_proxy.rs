@@ -43,7 +43,8 @@ use crate::upstreams::CONNECT_TIMEOUT;
 const MAX_HEADERS: usize = 128;
 /// A request or response head larger than this is not for the fast path.
 const MAX_HEAD: usize = 64 * 1024;
-/// As pingora: a keep-alive connection idle for this long is closed.
+/// As pingora: a keep-alive connection idle for this long is closed. A
+/// request head must also be complete by then (nginx's client_header_timeout).
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 /// Idle upstream connections kept per upstream, and for how long.
 const POOL_PER_UPSTREAM: usize = 128;
@@ -209,6 +210,9 @@ impl Forwarder {
             path: String::new(),
         };
         loop {
+            // The whole head, idle wait included, within one deadline: a client
+            // trickling bytes cannot hold the connection longer.
+            let deadline = tokio::time::Instant::now() + KEEPALIVE_IDLE;
             let request = loop {
                 match self.parse_request(&mut c) {
                     Parsed::Ready(request) => break request,
@@ -218,7 +222,7 @@ impl Forwarder {
                     }
                     Parsed::Partial => {}
                 }
-                match self.read_request_bytes(&mut c).await {
+                match self.read_request_bytes(&mut c, deadline).await {
                     Ok(0) | Err(_) => {
                         if !c.buf.is_empty() {
                             tracing::debug!("client closed in the middle of a request head");
@@ -253,15 +257,19 @@ impl Forwarder {
         }
     }
 
-    /// Read more of a request head; between requests, wait at most
-    /// KEEPALIVE_IDLE and give up at once when told to close idle connections.
-    async fn read_request_bytes(&self, c: &mut Connection) -> std::io::Result<usize> {
+    /// Read more of a request head until `deadline`; between requests, give
+    /// up at once when told to close idle connections.
+    async fn read_request_bytes(
+        &self,
+        c: &mut Connection,
+        deadline: tokio::time::Instant,
+    ) -> std::io::Result<usize> {
         c.buf.reserve(4096);
         tokio::select! {
             biased;
             read = c.down.read_buf(&mut c.buf) => read,
             _ = self.idle_close.notified(), if c.buf.is_empty() => Ok(0),
-            _ = tokio::time::sleep(KEEPALIVE_IDLE) => Ok(0),
+            _ = tokio::time::sleep_until(deadline) => Ok(0),
         }
     }
 
@@ -1092,6 +1100,28 @@ mod tests {
             }
             // The mangling leaves enough requests intact to mean something.
             assert!(ready > 1000, "only {ready} parsed");
+        }
+
+        /// A client sending its head a byte every 30 s is cut off at the 60 s
+        /// head deadline, not kept as long as it keeps trickling.
+        #[tokio::test(start_paused = true)]
+        async fn a_trickled_head_is_cut_off_at_the_deadline() {
+            let forwarder = forwarder().await;
+            let (mut client, stream) = connection().await;
+            let started = tokio::time::Instant::now();
+            let trickle = tokio::spawn(async move {
+                for byte in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa" {
+                    if client.write_all(&[*byte]).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            });
+            let (_tx, shutdown) = watch::channel(false);
+            assert!(forwarder.serve(stream, &shutdown).await.is_none());
+            let waited = started.elapsed();
+            assert!(waited < Duration::from_secs(90), "cut off after {waited:?}");
+            trickle.abort();
         }
 
         #[tokio::test]
