@@ -65,6 +65,16 @@ impl Front {
     pub fn new(pingora: Arc<HttpProxy<RiverApp>>, forwarder: Option<Forwarder>) -> Self {
         Front { pingora, forwarder }
     }
+
+    /// The worker drains: close the idle upstream connections. A draining
+    /// worker serves few more requests, and when River proxies to itself, an
+    /// idle pooled connection is a keep-alive client that would hold some
+    /// draining worker (maybe this one) open until its idle timeout.
+    pub fn begin_drain(&self) {
+        if let Some(forwarder) = &self.forwarder {
+            forwarder.pool.close();
+        }
+    }
 }
 
 #[async_trait]
@@ -84,6 +94,7 @@ impl ServerApp for Front {
     }
 
     async fn cleanup(&self) {
+        self.begin_drain();
         if let Some(forwarder) = &self.forwarder {
             forwarder.idle_close.notify_waiters();
         }
@@ -828,6 +839,8 @@ impl Known {
 #[derive(Default)]
 struct Pool {
     idle: Mutex<Vec<(SocketAddr, Vec<Idle>)>>,
+    /// Set when the worker drains: connections are closed, not kept.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 struct Idle {
@@ -848,6 +861,9 @@ impl Pool {
     }
 
     fn put(&self, address: SocketAddr, stream: TcpStream) {
+        if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let streams = match idle.iter().position(|(a, _)| *a == address) {
             Some(i) => &mut idle[i].1,
@@ -862,6 +878,15 @@ impl Pool {
                 since: Instant::now(),
             });
         }
+    }
+}
+
+impl Pool {
+    /// Close every idle connection and keep none from now on.
+    fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
 
@@ -1014,6 +1039,38 @@ mod tests {
                 assert!(read_some(&mut client).await.ends_with("ok"));
             }
             assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        }
+
+        #[tokio::test]
+        async fn a_draining_forwarder_keeps_no_upstream_connection() {
+            let (forwarder, accepted) = forwarder_counting().await;
+            let request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+            let (mut client, stream) = connection().await;
+            client.write_all(request).await.unwrap();
+            let (_tx, shutdown) = watch::channel(false);
+            assert!(forwarder.serve(stream, &shutdown).await.is_none());
+            assert!(read_some(&mut client).await.ends_with("ok"));
+            forwarder.pool.close();
+            assert!(forwarder
+                .pool
+                .idle
+                .lock()
+                .unwrap()
+                .iter()
+                .all(|(_, v)| v.is_empty()));
+            // Served on a new connection, which is not kept either.
+            let (mut client, stream) = connection().await;
+            client.write_all(request).await.unwrap();
+            assert!(forwarder.serve(stream, &shutdown).await.is_none());
+            assert!(read_some(&mut client).await.ends_with("ok"));
+            assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+            assert!(forwarder
+                .pool
+                .idle
+                .lock()
+                .unwrap()
+                .iter()
+                .all(|(_, v)| v.is_empty()));
         }
 
         #[tokio::test]

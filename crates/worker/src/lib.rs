@@ -379,6 +379,9 @@ impl Running {
     fn begin_drain(&self) {
         let _ = self.stop_accepting.send(true);
         let _ = self.shutdown.send(true);
+        for app in &self.apps {
+            app.begin_drain();
+        }
     }
 
     /// Wait until no accept loop runs any more.
