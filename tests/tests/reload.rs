@@ -198,6 +198,36 @@ fn a_draining_worker_is_killed_at_its_deadline() {
     assert_eq!(x_gen(port), "new");
 }
 
+/// A River proxying to one of its own listeners holds, in its upstream pool,
+/// an idle keep-alive connection to itself. Draining closes the pool, so the
+/// old worker exits at once instead of waiting out that connection's 60 s idle
+/// timeout (or its drain deadline).
+#[test]
+fn a_self_proxying_generation_drains_without_waiting_for_its_own_pool() {
+    let upstream = Upstream::start("alpha");
+    let (front, back) = (free_port(), free_port());
+    let system = "    workers 1\n    drain-timeout-secs 120";
+    let services = |generation: &str| {
+        format!(
+            "{}\n{}",
+            tagged_proxy("Front", &[front], local(back), generation),
+            tagged_proxy("Back", &[back], upstream.addr, generation)
+        )
+    };
+    let river = River::start(system, &services("old"));
+    let old_workers = river.workers();
+    assert_eq!(x_gen(front), "old");
+
+    river.rewrite_config(system, &services("new"));
+    reload(&river);
+    assert_eq!(x_gen(front), "new");
+    wait_gone(
+        "the old worker to drain",
+        &old_workers,
+        Duration::from_secs(20),
+    );
+}
+
 #[test]
 fn max_draining_generations_bounds_the_generations_alive() {
     let upstream = Upstream::start("alpha");
