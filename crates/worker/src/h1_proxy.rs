@@ -436,9 +436,7 @@ impl Forwarder {
                         if tried.len() < upstreams.len() {
                             continue;
                         }
-                        let mut outcome = self.answer(c, req, 502, false).await;
-                        outcome.upstream = Some(address);
-                        return outcome;
+                        return self.bad_gateway(c, req, address).await;
                     }
                 },
             };
@@ -455,15 +453,11 @@ impl Forwarder {
                     pooled = false;
                 }
                 Err(Failure::Stale) => {
-                    let mut outcome = self.answer(c, req, 502, false).await;
-                    outcome.upstream = Some(address);
-                    return outcome;
+                    return self.bad_gateway(c, req, address).await;
                 }
                 Err(Failure::Upstream(reason)) => {
                     tracing::debug!(%address, reason, "upstream failed");
-                    let mut outcome = self.answer(c, req, 502, false).await;
-                    outcome.upstream = Some(address);
-                    return outcome;
+                    return self.bad_gateway(c, req, address).await;
                 }
                 Err(Failure::Abort) => {
                     return Outcome {
@@ -709,6 +703,13 @@ impl Forwarder {
             },
         }
         Ok(sent)
+    }
+
+    /// 502 after `address` failed; the connection closes, as pingora's does.
+    async fn bad_gateway(&self, c: &mut Connection, req: &Request, address: SocketAddr) -> Outcome {
+        let mut outcome = self.answer(c, req, 502, false).await;
+        outcome.upstream = Some(address);
+        outcome
     }
 
     /// Write a short response of River's own (an error or a refusal).
