@@ -39,6 +39,15 @@ fn start_proxy(upstream: SocketAddr) -> (River, SocketAddr) {
     (river, local(port))
 }
 
+/// The usual setup: the standard upstream, River in front of it, and a client
+/// connected to River.
+fn standard_proxy() -> (RawUpstream, River, Client) {
+    let upstream = RawUpstream::standard();
+    let (river, addr) = start_proxy(upstream.addr);
+    let client = Client::connect(addr);
+    (upstream, river, client)
+}
+
 // ---------------------------------------------------------------------------
 // Upstream side: a raw HTTP/1.1 server, one thread per connection
 // ---------------------------------------------------------------------------
@@ -593,9 +602,7 @@ fn chunked(body: &[u8], sizes: &[usize]) -> Vec<u8> {
 /// segments, trailer) arrives whole, and the keep-alive connection is reusable.
 #[test]
 fn chunked_response_arrives_whole_and_the_connection_stays_usable() {
-    let upstream = RawUpstream::standard();
-    let (_river, addr) = start_proxy(upstream.addr);
-    let mut client = Client::connect(addr);
+    let (_upstream, _river, mut client) = standard_proxy();
     for round in 0..2 {
         let response = client.get("/chunked");
         assert_eq!(response.status, 200, "round {round}");
@@ -615,9 +622,7 @@ fn chunked_response_arrives_whole_and_the_connection_stays_usable() {
 /// delimited. River may then keep the client connection or close it.
 #[test]
 fn close_delimited_response_arrives_whole() {
-    let upstream = RawUpstream::standard();
-    let (_river, addr) = start_proxy(upstream.addr);
-    let mut client = Client::connect(addr);
+    let (_upstream, _river, mut client) = standard_proxy();
     let response = client.get("/close-delimited");
     assert_eq!(response.status, 200);
     assert_eq!(response.text(), "first piece, second piece, last piece");
@@ -646,9 +651,7 @@ fn close_delimited_response_arrives_whole() {
 /// the next response on the connection starts right after its head.
 #[test]
 fn head_response_has_no_body_and_the_connection_stays_usable() {
-    let upstream = RawUpstream::standard();
-    let (_river, addr) = start_proxy(upstream.addr);
-    let mut client = Client::connect(addr);
+    let (upstream, _river, mut client) = standard_proxy();
     client.send("HEAD /head HTTP/1.1\r\nhost: localhost\r\n\r\n");
     let head = client.response(true);
     assert_eq!(head.status, 200);
@@ -671,9 +674,7 @@ fn head_response_has_no_body_and_the_connection_stays_usable() {
 /// Case 4: 204 and 304 responses have no body and leave the connection usable.
 #[test]
 fn no_content_and_not_modified_have_no_body() {
-    let upstream = RawUpstream::standard();
-    let (_river, addr) = start_proxy(upstream.addr);
-    let mut client = Client::connect(addr);
+    let (_upstream, _river, mut client) = standard_proxy();
     for _ in 0..2 {
         let response = client.get("/status/204");
         assert_eq!(response.status, 204);
@@ -705,9 +706,7 @@ fn no_content_and_not_modified_have_no_body() {
 /// reach the upstream byte-exact (and come back through the echo).
 #[test]
 fn content_length_request_bodies_arrive_byte_exact() {
-    let upstream = RawUpstream::standard();
-    let (_river, addr) = start_proxy(upstream.addr);
-    let mut client = Client::connect(addr);
+    let (upstream, _river, mut client) = standard_proxy();
 
     client.send("POST /echo HTTP/1.1\r\nhost: localhost\r\ncontent-length: 11\r\n\r\nhello world");
     let response = client.response(false);
@@ -735,9 +734,7 @@ fn content_length_request_bodies_arrive_byte_exact() {
 /// the upstream with the right decoded content.
 #[test]
 fn chunked_request_bodies_arrive_decoded() {
-    let upstream = RawUpstream::standard();
-    let (_river, addr) = start_proxy(upstream.addr);
-    let mut client = Client::connect(addr);
+    let (upstream, _river, mut client) = standard_proxy();
 
     client.send(
         "POST /echo HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n\r\n\
@@ -825,9 +822,7 @@ fn pipelined_requests_get_in_order_answers_or_a_clean_close() {
 /// first and closed the connection.)
 #[test]
 fn pipelined_requests_are_all_answered_in_order() {
-    let upstream = RawUpstream::standard();
-    let (_river, addr) = start_proxy(upstream.addr);
-    let mut client = Client::connect(addr);
+    let (_upstream, _river, mut client) = standard_proxy();
     client.send(
         "GET /first HTTP/1.1\r\nhost: localhost\r\n\r\n\
          GET /second HTTP/1.1\r\nhost: localhost\r\n\r\n",
@@ -928,9 +923,7 @@ fn dead_upstream_gets_a_short_502() {
 /// before any byte at all.
 #[test]
 fn upstream_closing_mid_body_does_not_look_complete() {
-    let upstream = RawUpstream::standard();
-    let (_river, addr) = start_proxy(upstream.addr);
-    let mut client = Client::connect(addr);
+    let (_upstream, _river, mut client) = standard_proxy();
     client.send("GET /truncated HTTP/1.1\r\nhost: localhost\r\n\r\n");
     let head = match client.head() {
         Ok(head) => head,
@@ -975,9 +968,7 @@ fn upstream_closing_mid_body_does_not_look_complete() {
 /// close` too and closes after the response.
 #[test]
 fn client_connection_close_is_honoured() {
-    let upstream = RawUpstream::standard();
-    let (_river, addr) = start_proxy(upstream.addr);
-    let mut client = Client::connect(addr);
+    let (_upstream, _river, mut client) = standard_proxy();
     client.send("GET /bye HTTP/1.1\r\nhost: localhost\r\nConnection: Close\r\n\r\n");
     let response = client.response(false);
     assert_eq!(response.status, 200);
@@ -994,9 +985,7 @@ fn client_connection_close_is_honoured() {
 /// X-Forwarded-Proto is `http`.
 #[test]
 fn forwarded_headers_reach_the_upstream() {
-    let upstream = RawUpstream::standard();
-    let (_river, addr) = start_proxy(upstream.addr);
-    let mut client = Client::connect(addr);
+    let (upstream, _river, mut client) = standard_proxy();
     client.send("GET /xff HTTP/1.1\r\nhost: localhost\r\nx-forwarded-for: 203.0.113.7\r\n\r\n");
     assert_eq!(client.response(false).status, 200);
     client.send("GET /no-xff HTTP/1.1\r\nhost: localhost\r\n\r\n");
@@ -1020,9 +1009,7 @@ fn forwarded_headers_reach_the_upstream() {
 /// connection is closed after it (HTTP/1.0 without keep-alive).
 #[test]
 fn http10_request_without_host_is_answered_and_closed() {
-    let upstream = RawUpstream::standard();
-    let (_river, addr) = start_proxy(upstream.addr);
-    let mut client = Client::connect(addr);
+    let (upstream, _river, mut client) = standard_proxy();
     client.send("GET /old HTTP/1.0\r\n\r\n");
     let response = client.response(false);
     assert_eq!(response.status, 200, "{}", response.text());
@@ -1045,9 +1032,7 @@ fn http10_request_without_host_is_answered_and_closed() {
 /// River adds `Host: ADDR:PORT` of the upstream, as nginx's `$proxy_host`.
 #[test]
 fn http10_request_without_host_goes_upstream_as_a_valid_request() {
-    let upstream = RawUpstream::standard();
-    let (_river, addr) = start_proxy(upstream.addr);
-    let mut client = Client::connect(addr);
+    let (upstream, _river, mut client) = standard_proxy();
     client.send("GET /old HTTP/1.0\r\n\r\n");
     assert_eq!(client.response(false).status, 200);
     let request = upstream.request_to("/old");
@@ -1061,9 +1046,7 @@ fn http10_request_without_host_goes_upstream_as_a_valid_request() {
 /// Case 13: a 6 KB response header arrives intact.
 #[test]
 fn large_response_header_arrives_intact() {
-    let upstream = RawUpstream::standard();
-    let (_river, addr) = start_proxy(upstream.addr);
-    let mut client = Client::connect(addr);
+    let (_upstream, _river, mut client) = standard_proxy();
     let response = client.get("/big-cookie");
     assert_eq!(response.status, 200);
     assert_eq!(
@@ -1077,9 +1060,7 @@ fn large_response_header_arrives_intact() {
 /// Case 14: a request with 100 extra headers reaches the upstream with all of them.
 #[test]
 fn request_with_a_hundred_headers_arrives_whole() {
-    let upstream = RawUpstream::standard();
-    let (_river, addr) = start_proxy(upstream.addr);
-    let mut client = Client::connect(addr);
+    let (upstream, _river, mut client) = standard_proxy();
     let mut request = String::from("GET /many HTTP/1.1\r\nhost: localhost\r\n");
     for i in 0..100 {
         request += &format!("x-h-{i}: value-{i}\r\n");
@@ -1133,9 +1114,7 @@ fn malformed_request_is_refused_and_river_keeps_serving() {
 /// (a framing slip in any of them shows up as a wrong body later).
 #[test]
 fn mixed_framings_on_one_connection_stay_in_step() {
-    let upstream = RawUpstream::standard();
-    let (_river, addr) = start_proxy(upstream.addr);
-    let mut client = Client::connect(addr);
+    let (upstream, _river, mut client) = standard_proxy();
     for round in 0..3 {
         assert_eq!(client.get("/chunked").text(), CHUNKED_BODY, "round {round}");
         client.send("HEAD /x HTTP/1.1\r\nhost: localhost\r\n\r\n");
@@ -1158,9 +1137,7 @@ fn mixed_framings_on_one_connection_stay_in_step() {
 /// connection stays usable.
 #[test]
 fn large_chunked_response_arrives_byte_exact() {
-    let upstream = RawUpstream::standard();
-    let (_river, addr) = start_proxy(upstream.addr);
-    let mut client = Client::connect(addr);
+    let (_upstream, _river, mut client) = standard_proxy();
     for round in 0..2 {
         let response = client.get("/big-chunked");
         assert_eq!(response.status, 200, "round {round}");

@@ -883,6 +883,12 @@ impl Pool {
 }
 
 impl Pool {
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.iter().map(|(_, streams)| streams.len()).sum()
+    }
+
     /// Close every idle connection and keep none from now on.
     fn close(&self) {
         self.closed
@@ -997,6 +1003,19 @@ mod tests {
             (client, Box::new(L4Stream::from(accepted)))
         }
 
+        /// One client connection with one `Connection: close` request, served
+        /// to its end, answered `ok`.
+        async fn serve_one_close(forwarder: &Forwarder) {
+            let (mut client, stream) = connection().await;
+            client
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let (_tx, shutdown) = watch::channel(false);
+            assert!(forwarder.serve(stream, &shutdown).await.is_none());
+            assert!(read_some(&mut client).await.ends_with("ok"));
+        }
+
         async fn read_some(client: &mut tokio::net::TcpStream) -> String {
             let mut buf = vec![0u8; 4096];
             let n = client.read(&mut buf).await.unwrap();
@@ -1030,14 +1049,7 @@ mod tests {
         async fn upstream_connections_are_reused_across_clients() {
             let (forwarder, accepted) = forwarder_counting().await;
             for _ in 0..3 {
-                let (mut client, stream) = connection().await;
-                client
-                    .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    .await
-                    .unwrap();
-                let (_tx, shutdown) = watch::channel(false);
-                assert!(forwarder.serve(stream, &shutdown).await.is_none());
-                assert!(read_some(&mut client).await.ends_with("ok"));
+                serve_one_close(&forwarder).await;
             }
             assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
         }
@@ -1045,33 +1057,14 @@ mod tests {
         #[tokio::test]
         async fn a_draining_forwarder_keeps_no_upstream_connection() {
             let (forwarder, accepted) = forwarder_counting().await;
-            let request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-            let (mut client, stream) = connection().await;
-            client.write_all(request).await.unwrap();
-            let (_tx, shutdown) = watch::channel(false);
-            assert!(forwarder.serve(stream, &shutdown).await.is_none());
-            assert!(read_some(&mut client).await.ends_with("ok"));
+            serve_one_close(&forwarder).await;
+            assert_eq!(forwarder.pool.idle_count(), 1);
             forwarder.pool.close();
-            assert!(forwarder
-                .pool
-                .idle
-                .lock()
-                .unwrap()
-                .iter()
-                .all(|(_, v)| v.is_empty()));
+            assert_eq!(forwarder.pool.idle_count(), 0);
             // Served on a new connection, which is not kept either.
-            let (mut client, stream) = connection().await;
-            client.write_all(request).await.unwrap();
-            assert!(forwarder.serve(stream, &shutdown).await.is_none());
-            assert!(read_some(&mut client).await.ends_with("ok"));
+            serve_one_close(&forwarder).await;
             assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
-            assert!(forwarder
-                .pool
-                .idle
-                .lock()
-                .unwrap()
-                .iter()
-                .all(|(_, v)| v.is_empty()));
+            assert_eq!(forwarder.pool.idle_count(), 0);
         }
 
         #[tokio::test]
