@@ -178,10 +178,7 @@ impl Proxy {
 }
 
 fn client_ip(session: &Session) -> Option<IpAddr> {
-    match session.as_downstream().client_addr()? {
-        pingora_core::protocols::l4::socket::SocketAddr::Inet(addr) => Some(addr.ip()),
-        _ => None,
-    }
+    Some(session.as_downstream().client_addr()?.as_inet()?.ip())
 }
 
 #[async_trait]

@@ -34,7 +34,7 @@ use crate::access_log::{AccessLog, Entry};
 use crate::app::{Proxy, RiverApp};
 use crate::chunked::ChunkedScanner;
 use crate::filters::HeaderPlan;
-use crate::respond::status_body;
+use crate::respond::{reason, status_body};
 use crate::rewind::Rewind;
 use crate::upstreams::CONNECT_TIMEOUT;
 
@@ -206,10 +206,9 @@ impl Forwarder {
     /// Serve `down` until it closes, or return it (with what was read of the
     /// next request) for pingora.
     async fn serve(&self, down: Stream, shutdown: &ShutdownWatch) -> Option<Rewind> {
-        let client = down.get_socket_digest().and_then(|d| match d.peer_addr()? {
-            pingora_core::protocols::l4::socket::SocketAddr::Inet(addr) => Some(addr.ip()),
-            _ => None,
-        });
+        let client = down
+            .get_socket_digest()
+            .and_then(|d| Some(d.peer_addr()?.as_inet()?.ip()));
         let mut c = Connection {
             https: down.get_ssl_digest().is_some(),
             down,
@@ -718,10 +717,7 @@ impl Forwarder {
         let out = &mut c.out;
         out.clear();
         use std::io::Write;
-        let reason = http::StatusCode::from_u16(status)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("Error");
+        let reason = reason(status);
         let _ = write!(
             out,
             "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n{}\r\n",

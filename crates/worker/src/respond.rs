@@ -50,9 +50,13 @@ pub async fn respond_status_with(
 }
 
 pub fn status_body(status: u16) -> Bytes {
-    let reason = http::StatusCode::from_u16(status)
+    Bytes::from(format!("{status} {}\n", reason(status)))
+}
+
+/// The standard reason phrase of `status`, or `Error` for codes without one.
+pub fn reason(status: u16) -> &'static str {
+    http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
-        .unwrap_or("Error");
-    Bytes::from(format!("{status} {reason}\n"))
+        .unwrap_or("Error")
 }
