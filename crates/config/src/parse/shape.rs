@@ -77,6 +77,7 @@ pub(super) fn name(node: &KdlNode) -> &str {
 }
 
 impl Builder<'_> {
+    /// Reports extra arguments, unknown or repeated properties and unwanted blocks.
     pub(super) fn check_shape(&mut self, node: &KdlNode, what: &str, shape: &Shape<'_>) {
         let mut nargs = 0;
         let mut seen: HashMap<&str, SourceSpan> = HashMap::new();
