@@ -3,6 +3,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::limits::MAX_QUOTED_LINE;
+
 /// One problem found in a configuration, with its position (1-based line and
 /// column, the column counted in characters) in the file it comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,8 +19,12 @@ pub struct Diagnostic {
     pub help: Option<String>,
     /// Length of the offending span in characters on `line` (at least 1).
     pub length: usize,
-    /// The text of line `line` (without its line ending), shown under the message.
+    /// The text of line `line` (without its line ending), shown under the
+    /// message; cut around the problem when the line is long.
     pub source_line: String,
+    /// 1-based column of the problem in `source_line` (differs from `column`
+    /// when the line was cut).
+    pub caret_column: usize,
 }
 
 impl Diagnostic {
@@ -40,7 +46,7 @@ impl fmt::Display for Diagnostic {
         let prefix: String = self
             .source_line
             .chars()
-            .take(self.column.saturating_sub(1))
+            .take(self.caret_column.saturating_sub(1))
             .map(|c| if c == '\t' { '\t' } else { ' ' })
             .collect();
         write!(f, "{pad} | {prefix}{}", "^".repeat(self.length.max(1)))?;
@@ -51,25 +57,35 @@ impl fmt::Display for Diagnostic {
     }
 }
 
-/// Every problem found in one configuration (never empty).
+/// The problems found in one configuration (never none): the first
+/// [`MAX_DIAGNOSTICS`](crate::MAX_DIAGNOSTICS) in full, the rest counted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diagnostics(pub Vec<Diagnostic>);
+pub struct Diagnostics {
+    pub list: Vec<Diagnostic>,
+    /// Problems found beyond `list`, not described.
+    pub omitted: usize,
+}
 
 impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, d) in self.0.iter().enumerate() {
+        for (i, d) in self.list.iter().enumerate() {
             if i > 0 {
                 writeln!(f)?;
                 writeln!(f)?;
             }
             write!(f, "{d}")?;
         }
-        if self.0.len() > 1 {
+        if self.omitted > 0 {
             write!(
                 f,
-                "\n\nerror: the configuration has {} errors",
-                self.0.len()
+                "\n\nerror: and {} more errors (only the first {} are shown)",
+                self.omitted,
+                self.list.len()
             )?;
+        }
+        let total = self.list.len() + self.omitted;
+        if total > 1 {
+            write!(f, "\n\nerror: the configuration has {total} errors")?;
         }
         Ok(())
     }
@@ -84,6 +100,15 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "error: configuration file `{}` is {size} bytes; the limit is {limit} bytes",
+        path.display()
+    )]
+    TooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
     /// The file was read but is not a valid configuration; every problem found is listed.
     #[error("{0}")]
     Invalid(Diagnostics),
@@ -93,8 +118,8 @@ impl ConfigError {
     /// The problems found, each with its position; empty for [`ConfigError::Io`].
     pub fn diagnostics(&self) -> &[Diagnostic] {
         match self {
-            ConfigError::Io { .. } => &[],
-            ConfigError::Invalid(d) => &d.0,
+            ConfigError::Io { .. } | ConfigError::TooLarge { .. } => &[],
+            ConfigError::Invalid(d) => &d.list,
         }
     }
 }
@@ -169,14 +194,16 @@ impl<'a> SourceText<'a> {
             .map(|s| s.chars().count())
             .unwrap_or(0)
             .max(1);
+        let (source_line, caret_column) = quoted_line(line_text, column);
         Diagnostic {
             message,
             origin: self.origin.to_string(),
             line: line_idx + 1,
             column,
             help,
-            length,
-            source_line: line_text.to_string(),
+            length: length.min(MAX_QUOTED_LINE),
+            source_line,
+            caret_column,
         }
     }
 
@@ -187,4 +214,27 @@ impl<'a> SourceText<'a> {
             Err(i) => i.max(1),
         }
     }
+}
+
+/// At most [`MAX_QUOTED_LINE`] characters of `line` around `column`, marked
+/// with `…` where cut, and the column of the problem in the result.
+fn quoted_line(line: &str, column: usize) -> (String, usize) {
+    let chars = line.chars().count();
+    if chars <= MAX_QUOTED_LINE {
+        return (line.to_string(), column);
+    }
+    let first = column
+        .saturating_sub(MAX_QUOTED_LINE / 2)
+        .min(chars - MAX_QUOTED_LINE);
+    let mut out = String::new();
+    let mut caret = column - first;
+    if first > 0 {
+        out.push('…');
+        caret += 1;
+    }
+    out.extend(line.chars().skip(first).take(MAX_QUOTED_LINE));
+    if first + MAX_QUOTED_LINE < chars {
+        out.push('…');
+    }
+    (out, caret)
 }

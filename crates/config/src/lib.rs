@@ -17,6 +17,7 @@
 //! ```
 
 mod error;
+mod limits;
 mod model;
 mod parse;
 mod syntax;
@@ -26,6 +27,7 @@ mod tests;
 use std::path::Path;
 
 pub use error::{ConfigError, Diagnostic, Diagnostics};
+pub use limits::{MAX_CONFIG_BYTES, MAX_DIAGNOSTICS, MAX_NESTING};
 pub use model::*;
 
 /// The configuration used when none is given: a welcome page on 127.0.0.1:8080.
@@ -35,33 +37,69 @@ pub const EMBEDDED_DEFAULT_KDL: &str = include_str!("default.kdl");
 pub const EMBEDDED_DEFAULT_ORIGIN: &str = "<embedded default config>";
 
 /// Reads and parses the configuration file at `path`; diagnostics name the file
-/// as given.
+/// as given. A file over [`MAX_CONFIG_BYTES`] is refused unread.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+    let source = read_limited(path)?;
+    parse(&source, &path.display().to_string())
+}
+
+/// The file's text, if it is at most [`MAX_CONFIG_BYTES`] long (checked again
+/// while reading: the file may grow meanwhile, or be a FIFO or device).
+fn read_limited(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let io = |source| ConfigError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    parse(&source, &path.display().to_string())
+    };
+    let too_large = |size| ConfigError::TooLarge {
+        path: path.to_path_buf(),
+        size,
+        limit: MAX_CONFIG_BYTES,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    if size > MAX_CONFIG_BYTES {
+        return Err(too_large(size));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_large(bytes.len() as u64));
+    }
+    String::from_utf8(bytes).map_err(|err| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text (byte {})", err.utf8_error().valid_up_to()),
+        ))
+    })
 }
 
 /// Parses and validates a configuration; `origin` is the name shown in messages.
 /// Every problem found is reported, each with `origin:line:column`.
 pub fn parse(source: &str, origin: &str) -> Result<Config, ConfigError> {
     let text = error::SourceText::new(source, origin);
-    let parsed = match syntax::parse_kdl(source) {
+    let parsed = match limits::check_nesting(source).and_then(|()| syntax::parse_kdl(source)) {
         Ok(p) => p,
         Err(e) => {
             let d = text.diagnostic(e.start, e.end, e.message, e.help);
-            return Err(ConfigError::Invalid(Diagnostics(vec![d])));
+            return Err(ConfigError::Invalid(Diagnostics {
+                list: vec![d],
+                omitted: 0,
+            }));
         }
     };
     let mut builder = parse::Builder::new(&text, &parsed);
     match builder.config(&parsed.doc) {
         Some(config) if builder.diags.is_empty() => Ok(config),
         _ => {
-            let mut diags = std::mem::take(&mut builder.diags);
-            diags.sort_by_key(|d| (d.line, d.column));
-            Err(ConfigError::Invalid(Diagnostics(diags)))
+            let mut list = std::mem::take(&mut builder.diags);
+            list.sort_by_key(|d| (d.line, d.column));
+            Err(ConfigError::Invalid(Diagnostics {
+                list,
+                omitted: builder.omitted,
+            }))
         }
     }
 }

@@ -119,10 +119,39 @@ fn error_of(err: &KdlError, map: Option<&[usize]>, src: &str) -> SyntaxError {
     }
 }
 
+/// Stack of the thread the KDL parser runs on. Its recursion is bounded by
+/// `limits::check_nesting` before it starts; this is the margin for recursion
+/// that check does not know about. Only the pages touched are ever allocated.
+const PARSER_STACK_BYTES: usize = 256 * 1024 * 1024;
+
 /// Parses `src` as KDL v2, else as v2 after rewriting KDL v1's spellings, else
 /// as KDL v1. On failure, the error reported is the v2 parser's (on the
 /// rewritten text): it accepts both syntaxes and its positions are precise.
+///
+/// Runs on a thread of its own with a large stack (joined before returning),
+/// so that deep recursion in the parser cannot overflow the caller's stack.
 pub(crate) fn parse_kdl(src: &str) -> Result<Parsed, SyntaxError> {
+    std::thread::scope(|scope| {
+        let parser = std::thread::Builder::new()
+            .name("kdl-parser".into())
+            .stack_size(PARSER_STACK_BYTES)
+            .spawn_scoped(scope, || parse_kdl_here(src));
+        match parser {
+            Ok(parser) => parser.join().unwrap_or_else(|_| {
+                Err(SyntaxError {
+                    start: 0,
+                    end: 0,
+                    message: "the KDL parser failed on this document".into(),
+                    help: None,
+                })
+            }),
+            // No thread to be had (a process or memory limit): parse here.
+            Err(_) => parse_kdl_here(src),
+        }
+    })
+}
+
+fn parse_kdl_here(src: &str) -> Result<Parsed, SyntaxError> {
     let v2_err = match guarded(|| KdlDocument::parse_v2(src)) {
         Ok(doc) => {
             return Ok(Parsed {

@@ -9,6 +9,10 @@ pub enum ToWorker {
     /// The first message on a worker's channel. The frame carries one listening
     /// fd per entry of `listeners`, in the same order.
     Hello(Box<Hello>),
+    /// Start accepting. Sent to every worker of a generation once all of them
+    /// are Ready (and to a replacement worker of a serving generation once it
+    /// is Ready): a generation that is rolled back never answered a request.
+    Serve,
     /// Stop accepting, finish what is in flight, exit when idle. The master
     /// enforces the deadline itself (TERM, then KILL); this is for logging.
     Drain { deadline_secs: u64 },
@@ -77,7 +81,8 @@ impl std::fmt::Debug for TlsMaterial {
 /// Worker -> master.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FromWorker {
-    /// Every service is accepting on its inherited sockets.
+    /// Every service is built and its sockets adopted; the worker accepts
+    /// once told to `Serve`.
     Ready { pid: u32 },
     /// The worker could not start; it exits after sending this.
     Failed { error: String },

@@ -54,4 +54,8 @@ pub enum Internal {
         #[arg(long)]
         ipc_fd: RawFd,
     },
+    /// Load and validate a configuration file, printing the result as JSON
+    /// (the master runs this for every reload)
+    #[command(hide = true)]
+    LoadConfig { path: PathBuf },
 }

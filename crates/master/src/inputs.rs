@@ -40,7 +40,7 @@ pub struct GenerationInputs {
     pub access_log: Option<Arc<File>>,
     /// Shared by the generation's workers to spread connections (see
     /// river_worker's `balance`); none with a single worker.
-    pub balance: Option<OwnedFd>,
+    pub balance: Option<Arc<OwnedFd>>,
 }
 
 impl GenerationInputs {
@@ -50,7 +50,9 @@ impl GenerationInputs {
         let access_log = open_access_log(&config)?;
         let balance = match config.system.workers {
             0 | 1 => None,
-            workers => Some(river_ipc::balance_board(workers).map_err(InputError::BalanceBoard)?),
+            workers => Some(Arc::new(
+                river_ipc::balance_board(workers).map_err(InputError::BalanceBoard)?,
+            )),
         };
         let sockets = listeners.prepare(&config)?;
         Ok(GenerationInputs {
@@ -60,6 +62,13 @@ impl GenerationInputs {
             access_log,
             balance,
         })
+    }
+
+    /// Keep only the listeners that `sockets` also has: a draining
+    /// generation lets go of those the serving one dropped.
+    pub fn retain_sockets(&mut self, sockets: &[(ListenAddress, SharedSocket)]) {
+        self.sockets
+            .retain(|(address, _)| sockets.iter().any(|(kept, _)| kept == address));
     }
 
     /// Open the access log again (after logrotate moved it away).

@@ -4,6 +4,7 @@
 //! (started by the master only) runs a worker instead.
 
 pub mod cli;
+mod config_source;
 mod control;
 mod inputs;
 mod listeners;
@@ -18,13 +19,15 @@ use anyhow::{bail, Context};
 use tokio::sync::mpsc;
 
 use cli::{Cli, Internal};
-use supervisor::{ConfigSource, Supervisor};
+use config_source::ConfigSource;
+use supervisor::Supervisor;
 
 /// Run what `cli` asks for: the master, a validation, or a worker.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging();
     match cli.command {
         Some(Internal::Worker { ipc_fd }) => run_worker(ipc_fd),
+        Some(Internal::LoadConfig { path }) => config_source::load_config_child(&path),
         None => run_master(cli),
     }
 }

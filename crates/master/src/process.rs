@@ -1,7 +1,7 @@
 //! Starting a worker: re-execute this binary with one inherited descriptor, its
 //! end of a socketpair, then send it the generation's config and sockets.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::process::Stdio;
 use std::sync::Arc;
 
@@ -39,8 +39,6 @@ pub enum WorkerEvent {
 pub enum SpawnError {
     #[error("cannot start worker process: {0}")]
     Io(#[from] std::io::Error),
-    #[error("cannot send the worker its configuration: {0}")]
-    Ipc(#[from] IpcError),
 }
 
 /// The master's handle on a running worker.
@@ -100,9 +98,11 @@ impl WorkerHandle {
     }
 }
 
-/// Start worker `index` of `generation` and hand it its inputs. The watcher task
-/// reports its messages and its exit on `events`.
-pub async fn spawn_worker(
+/// Start worker `index` of `generation`. Its watcher task hands it its inputs
+/// (the Hello, which may be large, so never on the master's loop: a worker
+/// stopped right after exec must not stall it), then reports its messages and
+/// its exit on `events`.
+pub fn spawn_worker(
     generation: u64,
     index: usize,
     inputs: &GenerationInputs,
@@ -134,12 +134,11 @@ pub async fn spawn_worker(
             Ok(())
         });
     }
-    let mut child = command.spawn()?;
+    let child = command.spawn()?;
     drop(worker_end);
     let pid = child.id().unwrap_or(0);
-
     let channel = Arc::new(Channel::new(master_end)?);
-    let hello = ToWorker::Hello(Box::new(Hello {
+    let hello = Hello {
         generation,
         worker_index: index,
         config: Config::clone(&inputs.config),
@@ -151,47 +150,92 @@ pub async fn spawn_worker(
         tls: inputs.tls.clone(),
         access_log: inputs.access_log.is_some(),
         balance: inputs.balance.is_some(),
-    }));
-    let mut fds: Vec<BorrowedFd<'_>> = inputs
+    };
+    let mut files: Vec<Arc<OwnedFd>> = inputs
         .sockets
         .iter()
-        .map(|(_, socket)| socket.as_fd())
+        .map(|(_, socket)| socket.clone())
         .collect();
-    fds.extend(inputs.access_log.as_ref().map(|file| file.as_fd()));
-    fds.extend(inputs.balance.as_ref().map(|board| board.as_fd()));
-    if let Err(err) = channel.send(&hello, &fds).await {
-        let _ = child.start_kill();
-        let _ = child.wait().await;
-        return Err(err.into());
+    if let Some(log) = &inputs.access_log {
+        files.push(Arc::new(OwnedFd::from(log.try_clone()?)));
     }
-
-    let watcher_channel = channel.clone();
-    tokio::spawn(async move {
-        let mut listening = true;
-        loop {
-            tokio::select! {
-                status = child.wait() => {
-                    let status = match status {
-                        Ok(status) => status.to_string(),
-                        Err(err) => format!("unknown ({err})"),
-                    };
-                    let _ = events.send(WorkerEvent::Exited { generation, index, pid, status });
-                    return;
-                }
-                message = watcher_channel.recv::<FromWorker>(), if listening => match message {
-                    Ok(Some((message, _))) => {
-                        let _ = events.send(WorkerEvent::Message { generation, index, pid, message });
-                    }
-                    Ok(None) => listening = false,
-                    Err(err) => {
-                        // A worker that speaks garbage cannot be trusted to drain: replace it.
-                        tracing::error!(pid, error = %err, "bad frame from worker: killing it");
-                        listening = false;
-                        let _ = child.start_kill();
-                    }
-                },
-            }
-        }
-    });
+    files.extend(inputs.balance.clone());
+    tokio::spawn(watch(
+        WorkerIdentity {
+            generation,
+            index,
+            pid,
+        },
+        child,
+        channel.clone(),
+        hello,
+        files,
+        events,
+    ));
     Ok(WorkerHandle { pid, channel })
+}
+
+struct WorkerIdentity {
+    generation: u64,
+    index: usize,
+    pid: u32,
+}
+
+/// A worker's life as the master sees it: its Hello goes out, then every
+/// message it sends and finally its exit are reported on `events`.
+async fn watch(
+    who: WorkerIdentity,
+    mut child: tokio::process::Child,
+    channel: Arc<Channel>,
+    hello: Hello,
+    files: Vec<Arc<OwnedFd>>,
+    events: UnboundedSender<WorkerEvent>,
+) {
+    let WorkerIdentity {
+        generation,
+        index,
+        pid,
+    } = who;
+    let hello = ToWorker::Hello(Box::new(hello));
+    let fds: Vec<BorrowedFd<'_>> = files.iter().map(|fd| fd.as_fd()).collect();
+    let send_hello = channel.send(&hello, &fds);
+    tokio::pin!(send_hello);
+    let mut greeted = false;
+    let mut listening = true;
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                let status = match status {
+                    Ok(status) => status.to_string(),
+                    Err(err) => format!("unknown ({err})"),
+                };
+                let _ = events.send(WorkerEvent::Exited { generation, index, pid, status });
+                return;
+            }
+            sent = &mut send_hello, if !greeted => {
+                greeted = true;
+                if let Err(err) = sent {
+                    tracing::warn!(pid, error = %err, "cannot send the worker its configuration: killing it");
+                    let _ = child.start_kill();
+                }
+            }
+            message = channel.recv::<FromWorker>(), if listening && greeted => match message {
+                Ok(Some((message, _))) => {
+                    let _ = events.send(WorkerEvent::Message { generation, index, pid, message });
+                }
+                Ok(None) => listening = false,
+                // A worker killed (or dying) mid-frame: its exit follows.
+                Err(IpcError::Io(err)) => {
+                    tracing::debug!(pid, error = %err, "worker channel closed");
+                    listening = false;
+                }
+                Err(err) => {
+                    // A worker that speaks garbage cannot be trusted to drain: replace it.
+                    tracing::error!(pid, error = %err, "bad frame from worker: killing it");
+                    listening = false;
+                    let _ = child.start_kill();
+                }
+            },
+        }
+    }
 }

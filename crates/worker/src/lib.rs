@@ -168,6 +168,7 @@ async fn serve(hello: Hello, fds: Vec<OwnedFd>, ipc: OwnedFd) -> Result<(), Work
     };
     match started {
         Ok(running) => {
+            stop_if_asked(hello.worker_index);
             channel
                 .send(
                     &FromWorker::Ready {
@@ -207,10 +208,34 @@ fn fault_injected() -> Option<WorkerError> {
         .then(|| WorkerError::FaultInjected(path.to_string_lossy().into_owned()))
 }
 
+/// Fault injection for the two-phase start tests: when
+/// $RIVER_TEST_STOP_WORKER_START names a file that holds this worker's index,
+/// the worker stops itself (SIGSTOP) before saying Ready, as an operator's
+/// `kill -STOP` or a machine under swap would. Nothing else reads it.
+fn stop_if_asked(worker_index: usize) {
+    let Some(path) = std::env::var_os("RIVER_TEST_STOP_WORKER_START") else {
+        return;
+    };
+    let asked = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|index| index.trim().parse::<usize>().ok());
+    if asked == Some(worker_index) {
+        tracing::warn!(worker_index, "stopping before Ready (test hook)");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+    }
+}
+
+/// A listener and the service that answers on it, waiting for `Serve`.
+type PendingListener = (serve::Inherited, Arc<tls::Endpoint<h1_proxy::Front>>);
+
 /// What a started worker holds: the switches that stop it.
 struct Running {
+    /// Adopted listeners, accepted on once the master says `Serve`.
+    pending: Vec<PendingListener>,
     /// Finish once their listener copies are closed.
     accept_loops: Vec<tokio::task::JoinHandle<()>>,
+    stop_rx: watch::Receiver<bool>,
+    shutdown_rx: watch::Receiver<bool>,
     /// Stops the accept loops (their listener copies close).
     stop_accepting: watch::Sender<bool>,
     /// pingora's shutdown flag: next responses carry `Connection: close`.
@@ -286,18 +311,11 @@ async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerEr
         }
         apps.push(app);
     }
-    let mut accept_loops = Vec::new();
-    for (listener, app) in loops {
-        accept_loops.push(tokio::spawn(serve::accept_loop(
-            listener,
-            app,
-            stop_rx.clone(),
-            shutdown_rx.clone(),
-            connections.clone(),
-        )));
-    }
     Ok(Running {
-        accept_loops,
+        pending: loops,
+        accept_loops: Vec::new(),
+        stop_rx,
+        shutdown_rx,
         stop_accepting,
         shutdown,
         connections,
@@ -340,6 +358,11 @@ async fn supervise(mut running: Running, channel: &Channel) -> Result<(), Worker
                         access_log::reopen(std::fs::File::from(fd)).await;
                     }
                 }
+                Ok(Some((ToWorker::Serve, _))) => {
+                    if !draining {
+                        running.start_accepting();
+                    }
+                }
                 Ok(Some((ToWorker::Hello(_), _))) => tracing::warn!("ignoring a second Hello"),
                 Ok(None) | Err(_) => {
                     // Nobody will take over these connections: close idle ones now.
@@ -371,12 +394,28 @@ async fn supervise(mut running: Running, channel: &Channel) -> Result<(), Worker
 }
 
 impl Running {
+    /// The whole generation is ready: accept on every listener.
+    fn start_accepting(&mut self) {
+        for (listener, app) in self.pending.drain(..) {
+            self.accept_loops.push(tokio::spawn(serve::accept_loop(
+                listener,
+                app,
+                self.stop_rx.clone(),
+                self.shutdown_rx.clone(),
+                self.connections.clone(),
+            )));
+        }
+        tracing::info!("serving");
+    }
+
     /// Stop accepting (this worker's listener copies close; the master's keep
     /// the queue for the next generation) and answer the next request on each
     /// keep-alive connection with `Connection: close`. Idle connections stay
     /// until their client's next request or their idle timeout: closing them now
     /// would race with a request the client is sending.
-    fn begin_drain(&self) {
+    fn begin_drain(&mut self) {
+        // Listeners never served on close here.
+        self.pending.clear();
         let _ = self.stop_accepting.send(true);
         let _ = self.shutdown.send(true);
         for app in &self.apps {

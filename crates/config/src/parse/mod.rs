@@ -9,10 +9,14 @@ mod system;
 mod upstreams;
 mod values;
 
+use std::collections::HashSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
 use kdl::{KdlDocument, KdlNode};
 use miette::SourceSpan;
 
 use crate::error::{Diagnostic, SourceText};
+use crate::limits::MAX_DIAGNOSTICS;
 use crate::model::*;
 use crate::syntax::Parsed;
 
@@ -23,7 +27,13 @@ pub(crate) use system::default_system;
 pub(crate) struct Builder<'a> {
     src: &'a SourceText<'a>,
     parsed: &'a Parsed,
+    /// The first [`MAX_DIAGNOSTICS`] problems, in the order found.
     pub(crate) diags: Vec<Diagnostic>,
+    /// Problems found beyond those.
+    pub(crate) omitted: usize,
+    /// Every problem reported so far (range and message hash): the same one
+    /// reached twice is reported once, in constant time per problem.
+    seen: HashSet<(usize, usize, u64)>,
 }
 
 impl<'a> Builder<'a> {
@@ -32,6 +42,8 @@ impl<'a> Builder<'a> {
             src,
             parsed,
             diags: Vec::new(),
+            omitted: 0,
+            seen: HashSet::new(),
         }
     }
 
@@ -50,9 +62,17 @@ impl<'a> Builder<'a> {
         help: Option<String>,
     ) {
         let (start, end) = self.range(span);
-        let d = self.src.diagnostic(start, end, message.into(), help);
-        if !self.diags.contains(&d) {
+        let message = message.into();
+        let mut hasher = DefaultHasher::new();
+        message.hash(&mut hasher);
+        if !self.seen.insert((start, end, hasher.finish())) {
+            return;
+        }
+        if self.diags.len() < MAX_DIAGNOSTICS {
+            let d = self.src.diagnostic(start, end, message, help);
             self.diags.push(d);
+        } else {
+            self.omitted += 1;
         }
     }
 

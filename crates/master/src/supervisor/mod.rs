@@ -7,22 +7,21 @@ mod reload;
 mod shutdown;
 mod workers;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use river_config::Config;
 use river_ipc::{ControlResponse, ToWorker};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::config_source::LoadConfig;
 use crate::inputs::GenerationInputs;
 use crate::listeners::ListenerSet;
 use crate::notify::Notifier;
 use crate::process::WorkerEvent;
 
 use generation::{Generation, Slot, State};
-use reload::{DeferredStart, Handover};
+use reload::{DeferredStart, Handover, Validation};
 use shutdown::Shutdown;
 
 /// Grace between SIGTERM and SIGKILL for a worker being killed.
@@ -36,43 +35,6 @@ const TICK: Duration = Duration::from_millis(100);
 const MEMORY_SAMPLE_EVERY: Duration = Duration::from_millis(500);
 /// How long a reload's answer waits for retired workers to stop accepting.
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Where the configuration comes from, re-read on every reload.
-#[derive(Debug, Clone)]
-pub enum ConfigSource {
-    File(PathBuf),
-    Embedded,
-}
-
-impl ConfigSource {
-    /// Command-line overrides, applied again on every reload.
-    pub fn with_overrides(self, threads_per_service: Option<usize>) -> LoadConfig {
-        LoadConfig {
-            source: self,
-            threads_per_service,
-        }
-    }
-}
-
-/// A config source plus the command-line settings that win over the file.
-#[derive(Debug, Clone)]
-pub struct LoadConfig {
-    source: ConfigSource,
-    threads_per_service: Option<usize>,
-}
-
-impl LoadConfig {
-    pub fn load(&self) -> Result<Config, river_config::ConfigError> {
-        let mut config = match &self.source {
-            ConfigSource::File(path) => river_config::load(path)?,
-            ConfigSource::Embedded => river_config::embedded_default(),
-        };
-        if let Some(threads) = self.threads_per_service {
-            config.system.threads_per_service = threads.max(1);
-        }
-        Ok(config)
-    }
-}
 
 /// Requests from the control socket.
 pub enum Command {
@@ -106,7 +68,12 @@ pub struct Supervisor {
     next_generation: u64,
     events_tx: mpsc::UnboundedSender<WorkerEvent>,
     events_rx: mpsc::UnboundedReceiver<WorkerEvent>,
-    /// Reload requests that arrived while a generation was starting: one follow-up.
+    /// The reload whose configuration is being loaded, and where the result
+    /// arrives.
+    validating: Option<Validation>,
+    loaded_tx: mpsc::UnboundedSender<Result<river_config::Config, String>>,
+    loaded_rx: mpsc::UnboundedReceiver<Result<river_config::Config, String>>,
+    /// Reload requests that arrived while one was under way: one follow-up.
     pending_reload: Option<Vec<Reply>>,
     deferred_start: Option<DeferredStart>,
     shutdown: Option<Shutdown>,
@@ -118,7 +85,11 @@ pub struct Supervisor {
 impl Supervisor {
     pub fn new(source: LoadConfig, listeners: ListenerSet) -> Supervisor {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (loaded_tx, loaded_rx) = mpsc::unbounded_channel();
         Supervisor {
+            validating: None,
+            loaded_tx,
+            loaded_rx,
             source,
             listeners,
             generations: Vec::new(),
@@ -160,6 +131,7 @@ impl Supervisor {
             tokio::select! {
                 Some(event) = self.events_rx.recv() => self.on_worker_event(event).await,
                 Some(command) = commands.recv() => self.on_command(command).await,
+                Some(loaded) = self.loaded_rx.recv() => self.on_config_loaded(loaded).await,
                 _ = hup.recv() => {
                     tracing::info!(by = "SIGHUP", "reload requested");
                     self.request_reload(Vec::new()).await;
@@ -274,7 +246,7 @@ impl Supervisor {
         self.start_deferred_when_room().await;
         self.advance_shutdown(now);
         self.settle_handovers();
-        if !self.starting() {
+        if !self.reloading() {
             if let Some(waiters) = self.pending_reload.take() {
                 self.request_reload(waiters).await;
             }

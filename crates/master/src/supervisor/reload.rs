@@ -7,6 +7,8 @@ use nix::sys::signal::Signal;
 use river_ipc::{ControlResponse, ToWorker};
 
 use super::*;
+use river_config::Config;
+
 use crate::inputs::GenerationInputs;
 use crate::process::spawn_worker;
 
@@ -32,13 +34,24 @@ pub(super) struct DeferredStart {
     pub(super) deadline: Instant,
 }
 
+/// A reload whose configuration is being loaded, off the event loop.
+pub(super) struct Validation {
+    pub(super) waiters: Vec<Reply>,
+    pub(super) started: Instant,
+}
+
 impl Supervisor {
-    pub(super) fn starting(&self) -> bool {
-        self.deferred_start.is_some() || self.generations.iter().any(|g| g.state == State::Starting)
+    /// A reload is under way: validating, waiting for room, or starting.
+    pub(super) fn reloading(&self) -> bool {
+        self.validating.is_some()
+            || self.deferred_start.is_some()
+            || self.generations.iter().any(|g| g.state == State::Starting)
     }
 
-    /// Coalescing: while a generation is starting, every further request joins
-    /// one follow-up reload, however many arrive.
+    /// Coalescing: while a reload is under way, every further request joins
+    /// one follow-up reload, however many arrive. The configuration is loaded
+    /// in a child process (`config_source`); [`Supervisor::on_config_loaded`]
+    /// goes on from there.
     pub(super) async fn request_reload(&mut self, waiters: Vec<Reply>) {
         if self.shutdown.is_some() {
             for waiter in waiters {
@@ -48,15 +61,31 @@ impl Supervisor {
             }
             return;
         }
-        if self.starting() {
+        if self.reloading() {
             self.pending_reload
                 .get_or_insert_with(Vec::new)
                 .extend(waiters);
             return;
         }
         self.notify.reloading();
-        let started = Instant::now();
-        let config = match self.source.load() {
+        self.validating = Some(Validation {
+            waiters,
+            started: Instant::now(),
+        });
+        let source = self.source.clone();
+        let loaded = self.loaded_tx.clone();
+        tokio::spawn(async move {
+            let _ = loaded.send(source.load_isolated().await);
+        });
+    }
+
+    /// The reload's configuration is loaded (or refused): start its generation.
+    /// A result that arrives after a shutdown began is dropped.
+    pub(super) async fn on_config_loaded(&mut self, loaded: Result<Config, String>) {
+        let Some(Validation { waiters, started }) = self.validating.take() else {
+            return;
+        };
+        let config = match loaded {
             Ok(config) => config,
             Err(err) => {
                 return self.reject_reload(waiters, "reload rejected, configuration unchanged", err)
@@ -167,7 +196,7 @@ impl Supervisor {
             waiters,
         };
         for index in 0..config.system.workers {
-            match spawn_worker(number, index, &generation.inputs, self.events_tx.clone()).await {
+            match spawn_worker(number, index, &generation.inputs, self.events_tx.clone()) {
                 Ok(handle) => generation.slots.push(Slot::new(handle)),
                 Err(err) => {
                     self.generations.push(generation);
@@ -210,11 +239,29 @@ impl Supervisor {
         }
     }
 
+    /// Every worker of generation `number` is Ready: it serves, and the
+    /// serving generation drains. Listeners the new generation does not use
+    /// close at once (the master's copy here, the draining workers' copies
+    /// as they stop accepting), so a removed port refuses connections.
     pub(super) async fn promote(&mut self, number: u64) {
         let now = Instant::now();
+        let Some(gen) = self.generation_mut(number) else {
+            return;
+        };
+        gen.state = State::Serving;
+        gen.deadline = None;
+        for slot in &mut gen.slots {
+            slot.accepting = true;
+        }
+        gen.send_all(&ToWorker::Serve);
+        let sockets = gen.inputs.sockets.clone();
         let mut retired = Vec::new();
         for gen in &mut self.generations {
-            if gen.state == State::Serving {
+            if gen.state == State::Draining {
+                gen.inputs.retain_sockets(&sockets);
+            }
+            if gen.state == State::Serving && gen.number != number {
+                gen.inputs.retain_sockets(&sockets);
                 retired.push(gen.number);
                 let drain = Duration::from_secs(gen.inputs.config.system.drain_timeout_secs);
                 gen.state = State::Draining;
@@ -236,8 +283,6 @@ impl Supervisor {
         let Some(gen) = self.generation_mut(number) else {
             return;
         };
-        gen.state = State::Serving;
-        gen.deadline = None;
         let millis = gen.started.elapsed().as_millis() as u64;
         let workers = gen.slots.len();
         let response = ControlResponse::Reloaded {
@@ -251,7 +296,6 @@ impl Supervisor {
             response,
             deadline: now + HANDOVER_TIMEOUT,
         };
-        let sockets = gen.inputs.sockets.clone();
         self.handovers.push(handover);
         self.listeners.commit(&sockets);
         tracing::info!(generation = number, workers, millis, "generation serving");

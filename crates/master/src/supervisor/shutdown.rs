@@ -35,11 +35,13 @@ impl Supervisor {
             self.abort_starting(number, "the master is shutting down".into());
         }
         let deferred = self.deferred_start.take().map(|d| d.waiters);
+        let validating = self.validating.take().map(|v| v.waiters);
         for waiter in self
             .pending_reload
             .take()
             .into_iter()
             .chain(deferred)
+            .chain(validating)
             .flatten()
         {
             let _ = waiter.send(ControlResponse::ReloadFailed {

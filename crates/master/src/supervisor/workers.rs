@@ -32,9 +32,20 @@ impl Supervisor {
                     }
                     FromWorker::Ready { .. } => {
                         slot.ready = true;
-                        slot.accepting = true;
-                        if gen.state == State::Starting && gen.slots.iter().all(|s| s.ready) {
-                            self.promote(generation).await;
+                        match gen.state {
+                            // A replacement joins its generation at once.
+                            State::Serving => {
+                                slot.accepting = true;
+                                if let Some(worker) = &slot.handle {
+                                    worker.send(ToWorker::Serve);
+                                }
+                            }
+                            // A new generation serves only once all its
+                            // workers are ready (two-phase start).
+                            State::Starting if gen.slots.iter().all(|s| s.ready) => {
+                                self.promote(generation).await;
+                            }
+                            _ => {}
                         }
                     }
                     FromWorker::Load { connections } => slot.connections = connections,
@@ -125,7 +136,7 @@ impl Supervisor {
                 if slot.restart_at.is_none_or(|at| now < at) {
                     continue;
                 }
-                match spawn_worker(gen.number, index, &gen.inputs, events.clone()).await {
+                match spawn_worker(gen.number, index, &gen.inputs, events.clone()) {
                     Ok(handle) => {
                         tracing::info!(
                             generation = gen.number,
