@@ -14,6 +14,8 @@ struct Tally {
     succeeded: AtomicUsize,
     failures: Mutex<Vec<String>>,
     last: Mutex<Option<Response>>,
+    /// Every `x-gen` value a response carried (see `tagged_proxy`).
+    generations: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Tally {
@@ -23,6 +25,12 @@ impl Tally {
 
     fn succeed(&self, response: Response) {
         self.succeeded.fetch_add(1, Ordering::AcqRel);
+        if let Some(generation) = response.header("x-gen") {
+            let mut seen = self.generations.lock().unwrap();
+            if !seen.contains(generation) {
+                seen.insert(generation.to_owned());
+            }
+        }
         *self.last.lock().unwrap() = Some(response);
     }
 }
@@ -128,6 +136,11 @@ impl Load {
     /// The most recent successful response of any client.
     pub fn last_response(&self) -> Option<Response> {
         self.tally.last.lock().unwrap().clone()
+    }
+
+    /// Every `x-gen` header value seen so far.
+    pub fn generations_seen(&self) -> std::collections::BTreeSet<String> {
+        self.tally.generations.lock().unwrap().clone()
     }
 
     pub fn succeeded(&self) -> usize {

@@ -80,6 +80,10 @@ impl River {
                 "RIVER_TEST_FAIL_WORKER_START",
                 dir.path().join("fail-worker-start"),
             )
+            .env(
+                "RIVER_TEST_STOP_WORKER_START",
+                dir.path().join("stop-worker-start"),
+            )
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))

@@ -84,6 +84,13 @@ impl Channel {
     /// the inherited fd of a worker). Sets `O_NONBLOCK`. Must be called inside a
     /// tokio runtime (with I/O enabled).
     pub fn new(fd: OwnedFd) -> io::Result<Channel> {
+        Channel::with_max_frame_len(fd, crate::MAX_FRAME_LEN)
+    }
+
+    /// As [`Channel::new`], refusing received frames over `max_len` bytes as
+    /// soon as their header arrives: a peer that should only send small
+    /// messages cannot make this side buffer megabytes.
+    pub fn with_max_frame_len(fd: OwnedFd, max_len: usize) -> io::Result<Channel> {
         set_nonblocking(fd.as_fd())?;
         let cmsg_len = unsafe {
             // SAFETY: CMSG_SPACE is pure arithmetic.
@@ -94,7 +101,7 @@ impl Channel {
             // AsyncFd owns it.
             fd: unsafe { AsyncFd::register(fd) }?,
             recv: Mutex::new(RecvState {
-                decoder: FrameDecoder::new(),
+                decoder: FrameDecoder::with_max_len(max_len),
                 fds: VecDeque::new(),
                 scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
                 cmsg: vec![0u64; cmsg_len.div_ceil(mem::size_of::<u64>())],

@@ -36,13 +36,22 @@ impl FrameHeader {
     /// Parse and validate a header. Checks the version, then the payload length,
     /// then the fd count, from the 8 header bytes alone.
     pub fn parse(bytes: &[u8; HEADER_LEN]) -> Result<FrameHeader, IpcError> {
+        FrameHeader::parse_limited(bytes, MAX_FRAME_LEN)
+    }
+
+    /// As [`FrameHeader::parse`], refusing payloads over `max_len` (at most
+    /// [`MAX_FRAME_LEN`]).
+    pub fn parse_limited(
+        bytes: &[u8; HEADER_LEN],
+        max_len: usize,
+    ) -> Result<FrameHeader, IpcError> {
         let len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
         let version = u16::from_be_bytes([bytes[4], bytes[5]]);
         let nfds = u16::from_be_bytes([bytes[6], bytes[7]]) as usize;
         if version != PROTOCOL_VERSION {
             return Err(IpcError::VersionMismatch { got: version });
         }
-        if len > MAX_FRAME_LEN {
+        if len > max_len.min(MAX_FRAME_LEN) {
             return Err(IpcError::FrameTooLarge { len });
         }
         if nfds > MAX_FDS_PER_FRAME {
@@ -92,17 +101,37 @@ impl RawFrame {
 /// A header error (version, size, fd count) is sticky: the stream cannot be
 /// resynchronized, so every later [`next_frame`](FrameDecoder::next_frame)
 /// returns the same error and further pushed bytes are discarded.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
     /// Start of the unconsumed bytes in `buf`.
     start: usize,
     failed: bool,
+    /// Largest payload accepted.
+    max_len: usize,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        FrameDecoder::with_max_len(MAX_FRAME_LEN)
+    }
 }
 
 impl FrameDecoder {
     pub fn new() -> FrameDecoder {
         FrameDecoder::default()
+    }
+
+    /// A decoder that refuses frames over `max_len` bytes as soon as their
+    /// header arrives, before buffering their payload: for peers that only
+    /// ever send small messages (riverctl's requests).
+    pub fn with_max_len(max_len: usize) -> FrameDecoder {
+        FrameDecoder {
+            buf: Vec::new(),
+            start: 0,
+            failed: false,
+            max_len: max_len.min(MAX_FRAME_LEN),
+        }
     }
 
     /// Append bytes received from the peer.
@@ -132,7 +161,7 @@ impl FrameDecoder {
     fn peek_header(&self) -> Result<Option<FrameHeader>, IpcError> {
         let pending = &self.buf[self.start..];
         match pending.first_chunk::<HEADER_LEN>() {
-            Some(header) => FrameHeader::parse(header).map(Some),
+            Some(header) => FrameHeader::parse_limited(header, self.max_len).map(Some),
             None => Ok(None),
         }
     }

@@ -21,6 +21,10 @@ pub const LOAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest answer read from the child: a config's JSON is a few times
 /// the size of its KDL, which is at most `MAX_CONFIG_BYTES`.
 const MAX_CHILD_OUTPUT: u64 = 8 * river_config::MAX_CONFIG_BYTES;
+/// Address space of the loader child. The KDL parser needs about 2.5 KiB per
+/// node: a 16 MiB file of tiny nodes would reach 10 GiB and invite the OOM
+/// killer to the whole machine; with this cap the child fails alone.
+const LOADER_ADDRESS_SPACE: u64 = 4 * 1024 * 1024 * 1024;
 /// The largest error text a reload answers with; a control frame holds it
 /// with room to spare.
 pub const MAX_ERROR_BYTES: usize = 64 * 1024;
@@ -103,7 +107,8 @@ pub fn load_config_child(path: &std::path::Path) -> anyhow::Result<()> {
 /// Run `river load-config` and read its answer. The child dies with this
 /// future (kill on drop), so a timeout leaves nothing behind.
 async fn load_in_child(path: &std::path::Path) -> Result<Config, String> {
-    let mut child = tokio::process::Command::new("/proc/self/exe")
+    let mut command = tokio::process::Command::new("/proc/self/exe");
+    command
         .arg0("river: config loader")
         .arg("load-config")
         .arg(path)
@@ -111,7 +116,21 @@ async fn load_in_child(path: &std::path::Path) -> Result<Config, String> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
+        .kill_on_drop(true);
+    // SAFETY: between fork and exec, only setrlimit (async-signal-safe).
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: LOADER_ADDRESS_SPACE,
+                rlim_max: LOADER_ADDRESS_SPACE,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
         .spawn()
         .map_err(|err| format!("error: cannot start the configuration loader: {err}"))?;
     let mut output = Vec::new();
@@ -129,7 +148,7 @@ async fn load_in_child(path: &std::path::Path) -> Result<Config, String> {
         .map_err(|err| format!("error: configuration loader: {err}"))?;
     if !status.success() || output.is_empty() {
         return Err(format!(
-            "error: the configuration loader failed on {} ({status}); the file is malformed beyond what River can report",
+            "error: the configuration loader failed on {} ({status}): the file is too large or malformed beyond what River can report",
             path.display()
         ));
     }

@@ -3,7 +3,9 @@
 //! socket file's 0600 mode.
 
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use std::path::{Path, PathBuf};
 
 use river_ipc::{Channel, ControlRequest, ControlResponse};
@@ -14,33 +16,103 @@ use crate::supervisor::Command;
 
 /// A client that connects must say what it wants within this time.
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// riverctl's requests are a few dozen bytes; a frame announcing more is
+/// refused before its payload is buffered.
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Control connections served at once; more wait in the socket's backlog.
+const MAX_CONNECTIONS: usize = 32;
 
+#[derive(Debug, thiserror::Error)]
+pub enum ControlSocketError {
+    #[error("another River master (pid {pid}) is running with the control socket {}", path.display())]
+    InUse { pid: String, path: PathBuf },
+    #[error("{} exists and is not a socket: not removing it", path.display())]
+    NotASocket { path: PathBuf },
+    #[error("cannot use the control socket {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The bound control socket, before the master's event loop runs.
 pub struct ControlSocket {
     path: PathBuf,
-    listener: UnixListener,
+    listener: std::os::unix::net::UnixListener,
+    /// The socket file this master made (device, inode): removed on exit
+    /// only if the path still names it.
+    identity: (u64, u64),
 }
 
 impl ControlSocket {
-    /// Bind `path` with mode 0600. A stale socket file is replaced.
-    pub fn bind(path: &Path) -> std::io::Result<ControlSocket> {
-        if std::fs::symlink_metadata(path).is_ok() {
-            std::fs::remove_file(path)?;
+    /// Bind `path` with mode 0600. When a master answers there, it is refused;
+    /// a socket nobody answers on (a master that was killed) is replaced;
+    /// anything else at the path is left alone and refused.
+    pub fn bind(path: &Path) -> Result<ControlSocket, ControlSocketError> {
+        let io = |source| ControlSocketError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                match std::os::unix::net::UnixStream::connect(path) {
+                    Ok(live) => {
+                        let pid = getsockopt(&live, PeerCredentials)
+                            .map(|cred| cred.pid().to_string())
+                            .unwrap_or_else(|_| "unknown".into());
+                        return Err(ControlSocketError::InUse {
+                            pid,
+                            path: path.to_owned(),
+                        });
+                    }
+                    Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        std::fs::remove_file(path).map_err(io)?;
+                    }
+                    Err(err) => return Err(io(err)),
+                }
+            }
+            Ok(_) => {
+                return Err(ControlSocketError::NotASocket {
+                    path: path.to_owned(),
+                })
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(io(err)),
         }
-        let listener = UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let listener = std::os::unix::net::UnixListener::bind(path).map_err(io)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        let meta = std::fs::symlink_metadata(path).map_err(io)?;
         Ok(ControlSocket {
             path: path.to_owned(),
             listener,
+            identity: (meta.dev(), meta.ino()),
         })
     }
 
-    /// Serve requests until the master's loop goes away.
+    /// Serve requests until the master's loop goes away (within its runtime).
     pub async fn serve(self, commands: mpsc::UnboundedSender<Command>) {
+        let listener = match self
+            .listener
+            .set_nonblocking(true)
+            .and_then(|()| self.listener.try_clone())
+            .and_then(UnixListener::from_std)
+        {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::error!(error = %err, "control socket unusable: riverctl cannot reach this master");
+                return;
+            }
+        };
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
-            match self.listener.accept().await {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            match listener.accept().await {
                 Ok((stream, _)) => {
                     let commands = commands.clone();
                     tokio::spawn(async move {
+                        let _slot = slot;
                         if let Err(err) = handle(stream, commands).await {
                             tracing::debug!(error = %err, "control connection failed");
                         }
@@ -57,7 +129,11 @@ impl ControlSocket {
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let ours = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|meta| (meta.dev(), meta.ino()) == self.identity);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -81,7 +157,8 @@ async fn handle(
     commands: mpsc::UnboundedSender<Command>,
 ) -> Result<(), river_ipc::IpcError> {
     let allowed = peer_allowed(&stream);
-    let channel = Channel::new(OwnedFd::from(stream.into_std()?))?;
+    let channel =
+        Channel::with_max_frame_len(OwnedFd::from(stream.into_std()?), MAX_REQUEST_BYTES)?;
     // Read the request before answering, even a refusal: a client still
     // writing when we close would see EPIPE instead of our answer.
     let request =
@@ -100,6 +177,15 @@ async fn handle(
     if let Err(message) = allowed {
         tracing::warn!("{message}");
         return channel.send(&ControlResponse::Error { message }, &[]).await;
+    }
+    if gave_up(&channel) {
+        // A master that was stopped or busy reads requests late; one whose
+        // client already gave up (and told its caller so) is not acted on.
+        tracing::warn!(
+            ?request,
+            "the client gave up before its request was read: ignored"
+        );
+        return Ok(());
     }
     let gone = || ControlResponse::Error {
         message: "the master is shutting down".into(),
@@ -127,6 +213,21 @@ async fn handle(
         ControlRequest::ReopenLogs => ack(commands.send(Command::ReopenLogs)),
     };
     channel.send(&response, &[]).await
+}
+
+/// True when the client has closed its end: nothing will read our answer.
+fn gave_up(channel: &Channel) -> bool {
+    use nix::sys::socket::{recv, MsgFlags};
+    use std::os::fd::{AsFd, AsRawFd};
+    let mut byte = [0u8; 1];
+    matches!(
+        recv(
+            channel.as_fd().as_raw_fd(),
+            &mut byte,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
+        ),
+        Ok(0)
+    )
 }
 
 fn ack<T>(sent: Result<(), mpsc::error::SendError<T>>) -> ControlResponse {

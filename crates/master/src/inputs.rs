@@ -78,11 +78,34 @@ impl GenerationInputs {
     }
 }
 
+/// Largest certificate or key file read (real ones are a few KiB; a chain
+/// of dozens of certificates still fits).
+const MAX_PEM_BYTES: u64 = 1024 * 1024;
+
+/// Read a regular file of at most MAX_PEM_BYTES, never blocking: a FIFO or
+/// device named as a certificate must not stall the master's loop.
 fn read_pem(path: &Path) -> Result<Vec<u8>, InputError> {
-    let bytes = std::fs::read(path).map_err(|source| InputError::Read {
+    use std::io::Read;
+    let err = |source| InputError::Read {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(err)?;
+    let meta = file.metadata().map_err(err)?;
+    if !meta.is_file() || meta.len() > MAX_PEM_BYTES {
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("not a regular file of at most {MAX_PEM_BYTES} bytes"),
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_PEM_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(err)?;
     if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
         return Err(InputError::NotPem {
             path: path.to_owned(),
@@ -109,16 +132,24 @@ fn open_access_log(config: &Config) -> Result<Option<Arc<File>>, InputError> {
     let Some(path) = &config.system.access_log else {
         return Ok(None);
     };
-    OpenOptions::new()
+    let err = |source| InputError::AccessLog {
+        path: path.clone(),
+        source,
+    };
+    // Non-blocking open: a FIFO without a reader fails (ENXIO) instead of
+    // stalling the master; then blocking again, as the workers' writer expects.
+    let file = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o640)
+        .custom_flags(libc::O_NONBLOCK)
         .open(path)
-        .map(|file| Some(Arc::new(file)))
-        .map_err(|source| InputError::AccessLog {
-            path: path.clone(),
-            source,
-        })
+        .map_err(err)?;
+    let flags =
+        nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL).map_err(|e| err(e.into()))?;
+    let blocking = nix::fcntl::OFlag::from_bits_truncate(flags) & !nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(blocking)).map_err(|e| err(e.into()))?;
+    Ok(Some(Arc::new(file)))
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod listeners;
 mod notify;
 mod pidfile;
 mod process;
+mod signals;
 mod supervisor;
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -75,23 +76,28 @@ fn run_master(cli: Cli) -> anyhow::Result<()> {
         println!("river: configuration {name} is valid");
         return Ok(());
     }
+    let system = config.system.clone();
+    // One master per pid file and control socket: claim both before binding
+    // anything, so a second master fails without touching the first's.
+    let pid_path = cli.pidfile.clone().or_else(|| system.pid_file.clone());
+    let pid_lock = pid_path
+        .as_deref()
+        .map(pidfile::PidFile::lock)
+        .transpose()?;
+    let control = system
+        .control_socket
+        .as_deref()
+        .map(control::ControlSocket::bind)
+        .transpose()?;
     // Bind, read keys and open logs now: their errors go to the caller's terminal.
     let listeners = listeners::ListenerSet::default();
     let first = inputs::GenerationInputs::prepare(config, &listeners)
         .map_err(|err| anyhow::anyhow!("{err}"))?;
-    let system = first.config.system.clone();
     if cli.daemonize || system.daemonize {
         // Before any runtime or thread exists. Paths are absolute by now.
         nix::unistd::daemon(true, false).context("daemonize")?;
     }
-    let pid_path = cli.pidfile.clone().or_else(|| system.pid_file.clone());
-    let _pid_file = match &pid_path {
-        Some(path) => Some(
-            pidfile::PidFile::create(path)
-                .with_context(|| format!("cannot write pid file {}", path.display()))?,
-        ),
-        None => None,
-    };
+    let _pid_file = pid_lock.map(pidfile::PidLock::write).transpose()?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -99,9 +105,7 @@ fn run_master(cli: Cli) -> anyhow::Result<()> {
         .context("cannot start the master's event loop")?;
     runtime.block_on(async move {
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
-        if let Some(path) = &system.control_socket {
-            let control = control::ControlSocket::bind(path)
-                .with_context(|| format!("cannot bind control socket {}", path.display()))?;
+        if let Some(control) = control {
             tokio::spawn(control.serve(commands_tx.clone()));
         }
         tracing::info!(

@@ -196,9 +196,17 @@ async fn watch(
         index,
         pid,
     } = who;
-    let hello = ToWorker::Hello(Box::new(hello));
-    let fds: Vec<BorrowedFd<'_>> = files.iter().map(|fd| fd.as_fd()).collect();
-    let send_hello = channel.send(&hello, &fds);
+    let hello_channel = channel.clone();
+    let send_hello = async move {
+        let hello = ToWorker::Hello(Box::new(hello));
+        let fds: Vec<BorrowedFd<'_>> = files.iter().map(|fd| fd.as_fd()).collect();
+        let sent = hello_channel.send(&hello, &fds).await;
+        // The worker has its copies now: this task must not keep a listener
+        // open that a reload removes.
+        drop(fds);
+        drop(files);
+        sent
+    };
     tokio::pin!(send_hello);
     let mut greeted = false;
     let mut listening = true;

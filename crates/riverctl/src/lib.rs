@@ -97,7 +97,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             workers,
             millis,
         } => {
-            println!("reloaded: generation {generation} serving ({workers} workers, {millis} ms)");
+            println!(
+                "reloaded: generation {generation} serving ({}, {millis} ms)",
+                plural(workers, "worker")
+            );
             ExitCode::SUCCESS
         }
         ControlResponse::ReloadFailed { error } => {
@@ -116,6 +119,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         ControlResponse::Error { message } => return Err(anyhow!(message)),
     })
+}
+
+/// `1 worker`, `2 workers`.
+fn plural(count: usize, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
 }
 
 fn check(config: Option<&Path>) -> ExitCode {

@@ -159,10 +159,22 @@ impl Builder<'_> {
     }
 
     pub(super) fn readable_file(&mut self, entry: &KdlEntry, path: &Path, what: &str) {
-        match std::fs::File::open(path).and_then(|f| f.metadata()) {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Non-blocking: opening a FIFO must not hang the loader.
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .and_then(|f| f.metadata());
+        match opened {
             Ok(m) if m.is_dir() => self.error(
                 entry.span(),
                 format!("{what} `{}` is a directory, not a file", path.display()),
+                None,
+            ),
+            Ok(m) if !m.is_file() => self.error(
+                entry.span(),
+                format!("{what} `{}` is not a regular file", path.display()),
                 None,
             ),
             Ok(_) => {}

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use river_ipc::{ControlResponse, ToWorker};
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config_source::LoadConfig;
@@ -19,6 +18,7 @@ use crate::inputs::GenerationInputs;
 use crate::listeners::ListenerSet;
 use crate::notify::Notifier;
 use crate::process::WorkerEvent;
+use crate::signals::{Action, Signals};
 
 use generation::{Generation, Slot, State};
 use reload::{DeferredStart, Handover, Validation};
@@ -112,11 +112,7 @@ impl Supervisor {
         first: GenerationInputs,
         mut commands: mpsc::UnboundedReceiver<Command>,
     ) -> Result<(), MasterError> {
-        let mut hup = signal(SignalKind::hangup()).map_err(MasterError::Signals)?;
-        let mut quit = signal(SignalKind::quit()).map_err(MasterError::Signals)?;
-        let mut term = signal(SignalKind::terminate()).map_err(MasterError::Signals)?;
-        let mut int = signal(SignalKind::interrupt()).map_err(MasterError::Signals)?;
-        let mut usr1 = signal(SignalKind::user_defined1()).map_err(MasterError::Signals)?;
+        let mut signals = Signals::install().map_err(MasterError::Signals)?;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -132,14 +128,7 @@ impl Supervisor {
                 Some(event) = self.events_rx.recv() => self.on_worker_event(event).await,
                 Some(command) = commands.recv() => self.on_command(command).await,
                 Some(loaded) = self.loaded_rx.recv() => self.on_config_loaded(loaded).await,
-                _ = hup.recv() => {
-                    tracing::info!(by = "SIGHUP", "reload requested");
-                    self.request_reload(Vec::new()).await;
-                }
-                _ = quit.recv() => self.begin_shutdown(true),
-                _ = term.recv() => self.begin_shutdown(false),
-                _ = int.recv() => self.begin_shutdown(false),
-                _ = usr1.recv() => self.reopen_logs(),
+                Some(action) = signals.recv() => self.on_signal(action).await,
                 _ = tick.tick() => self.on_tick().await,
                 outcome = &mut first_outcome, if !first_done => {
                     first_done = true;
@@ -162,6 +151,24 @@ impl Supervisor {
             tokio::select! {
                 Some(event) = self.events_rx.recv() => self.on_worker_event(event).await,
                 _ = tokio::time::sleep(TICK) => self.on_tick().await,
+            }
+        }
+    }
+
+    async fn on_signal(&mut self, action: Action) {
+        match action {
+            Action::Reload => {
+                tracing::info!(by = "SIGHUP", "reload requested");
+                self.request_reload(Vec::new()).await;
+            }
+            Action::GracefulStop => self.begin_shutdown(true),
+            Action::FastStop => self.begin_shutdown(false),
+            Action::ReopenLogs => self.reopen_logs(),
+            Action::Upgrade => {
+                tracing::warn!("SIGUSR2 (binary upgrade) is not available in this version: ignored")
+            }
+            Action::Ignore(name) => {
+                tracing::warn!(signal = name, "ignoring a signal River does not use")
             }
         }
     }
