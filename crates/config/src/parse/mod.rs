@@ -76,6 +76,12 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// True once [`MAX_DIAGNOSTICS`] problems are kept: further ones are only
+    /// counted, so their help text need not be computed.
+    pub(super) fn full(&self) -> bool {
+        self.diags.len() >= MAX_DIAGNOSTICS
+    }
+
     pub(super) fn line_of(&self, span: SourceSpan) -> usize {
         let (start, _) = self.range(span);
         self.src.line_of(start)

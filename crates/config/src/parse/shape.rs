@@ -104,6 +104,8 @@ impl Builder<'_> {
                     if !shape.props.contains(&k) {
                         let help = if shape.props.is_empty() {
                             Some(format!("`{what}` takes no properties"))
+                        } else if self.full() {
+                            None
                         } else {
                             one_of_help(k, shape.props)
                         };
@@ -165,10 +167,16 @@ impl Builder<'_> {
         for node in doc.nodes() {
             let k = name(node);
             if !keys.contains(&k) {
+                // Only counted once the report is full: no help to compute.
+                let help = if self.full() {
+                    None
+                } else {
+                    one_of_help(k, keys)
+                };
                 self.error(
                     Self::name_span(node),
                     format!("unknown key `{k}` in `{what}`"),
-                    one_of_help(k, keys),
+                    help,
                 );
             } else if let Some(first) = seen.get(k).copied() {
                 let line = self.line_of(first);
