@@ -105,6 +105,11 @@ pub enum ControlRequest {
         graceful: bool,
     },
     ReopenLogs,
+    /// Binary upgrade: start `binary` (default: the master's own path at
+    /// start-up) as the new master on the same sockets, then retire.
+    Upgrade {
+        binary: Option<std::path::PathBuf>,
+    },
 }
 
 /// master -> riverctl.
@@ -119,6 +124,18 @@ pub enum ControlResponse {
     ReloadFailed {
         error: String,
     },
+    /// The new master serves; this one retires (its generations drain).
+    Upgraded {
+        new: MasterIdentity,
+        generation: u64,
+        workers: usize,
+        millis: u64,
+        old: MasterIdentity,
+    },
+    /// The new binary could not take over; this master serves on, untouched.
+    UpgradeFailed {
+        error: String,
+    },
     /// A request that needs no more answer than "done" (stop, reopen-logs, reload without wait).
     Accepted,
     Status(StatusReport),
@@ -131,7 +148,57 @@ pub enum ControlResponse {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
     pub master_pid: u32,
+    /// This master's version and binary.
+    #[serde(default)]
+    pub master: MasterIdentity,
     pub generations: Vec<GenerationStatus>,
+    /// Masters retiring after a binary upgrade, with their draining
+    /// generations, as they last reported themselves.
+    #[serde(default)]
+    pub retiring: Vec<MasterStatus>,
+}
+
+/// Which River a master is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterIdentity {
+    pub pid: u32,
+    pub version: String,
+    pub binary: String,
+}
+
+impl MasterIdentity {
+    /// This process.
+    pub fn this(binary: &std::path::Path) -> MasterIdentity {
+        MasterIdentity {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            binary: binary.display().to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MasterStatus {
+    pub master: MasterIdentity,
+    pub generations: Vec<GenerationStatus>,
+}
+
+/// Between an old master and the new one it started for a binary upgrade,
+/// as JSON lines on a socketpair (no frame version: two different River
+/// versions must understand each other here; unknown fields are ignored).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum UpgradeNote {
+    /// new -> old: generation `generation` serves; retire.
+    Ready {
+        master: MasterIdentity,
+        generation: u64,
+        workers: usize,
+        millis: u64,
+    },
+    /// new -> old: the new master gives up (config invalid, workers failed).
+    Failed { error: String },
+    /// old -> new, while retiring: what it still runs.
+    Status(MasterStatus),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

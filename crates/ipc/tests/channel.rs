@@ -199,6 +199,12 @@ async fn every_message_round_trips() {
     }
     let status = StatusReport {
         master_pid: 1,
+        master: river_ipc::MasterIdentity {
+            pid: 1,
+            version: "0.1.0".into(),
+            binary: "/usr/sbin/river".into(),
+        },
+        retiring: Vec::new(),
         generations: vec![
             GenerationStatus {
                 generation: 2,

@@ -15,8 +15,8 @@ use clap::{Parser, Subcommand};
 configuration, and unprivileged worker processes that serve traffic on sockets the master hands them. \
 Without -c, River runs on its embedded default configuration (a welcome page on 127.0.0.1:8080).\n\n\
 Signals to the master: HUP reload, QUIT graceful shutdown, TERM/INT fast shutdown, USR1 reopen logs; \
-USR2 (binary upgrade, not implemented yet), WINCH, PIPE, ALRM and the other signals that would end the \
-process are logged and ignored."
+USR2 binary upgrade (the binary on disk becomes the new master on the same sockets); WINCH, PIPE, ALRM and \
+the other signals that would end the process are logged and ignored."
 )]
 pub struct Cli {
     /// Configuration file in River's KDL schema

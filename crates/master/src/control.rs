@@ -2,7 +2,7 @@
 //! Only root and the master's own uid may use it (SO_PEERCRED), on top of the
 //! socket file's 0600 mode.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use river_ipc::{Channel, ControlRequest, ControlResponse};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::supervisor::Command;
 
@@ -40,8 +40,8 @@ pub struct ControlSocket {
     path: PathBuf,
     listener: std::os::unix::net::UnixListener,
     /// The socket file this master made (device, inode): removed on exit
-    /// only if the path still names it.
-    identity: (u64, u64),
+    /// only if the path still names it. None once handed to a new master.
+    identity: Option<(u64, u64)>,
 }
 
 impl ControlSocket {
@@ -85,12 +85,31 @@ impl ControlSocket {
         Ok(ControlSocket {
             path: path.to_owned(),
             listener,
-            identity: (meta.dev(), meta.ino()),
+            identity: Some((meta.dev(), meta.ino())),
         })
     }
 
-    /// Serve requests until the master's loop goes away (within its runtime).
-    pub async fn serve(self, commands: mpsc::UnboundedSender<Command>) {
+    /// The control socket a new master inherited from the old one (binary
+    /// upgrade): the same listening socket and file, never bound again.
+    pub fn inherited(path: &Path, fd: OwnedFd) -> ControlSocket {
+        let identity = std::fs::symlink_metadata(path)
+            .ok()
+            .map(|meta| (meta.dev(), meta.ino()));
+        ControlSocket {
+            path: path.to_owned(),
+            listener: std::os::unix::net::UnixListener::from(fd),
+            identity,
+        }
+    }
+
+    /// Serve requests until the master's loop goes away (within its runtime),
+    /// or until `handed_over` turns true: a new master answers from then on,
+    /// and the socket file is its own.
+    async fn serve(
+        mut self,
+        commands: mpsc::UnboundedSender<Command>,
+        mut handed_over: watch::Receiver<bool>,
+    ) {
         let listener = match self
             .listener
             .set_nonblocking(true)
@@ -104,12 +123,28 @@ impl ControlSocket {
             }
         };
         let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let handed_over = async move {
+            let _ = handed_over.wait_for(|over| *over).await;
+        };
+        tokio::pin!(handed_over);
         loop {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
+            let next = async {
+                let slot = slots.clone().acquire_owned().await.ok()?;
+                Some((listener.accept().await, slot))
             };
-            match listener.accept().await {
-                Ok((stream, _)) => {
+            let accepted = tokio::select! {
+                biased;
+                _ = &mut handed_over => {
+                    self.identity = None;
+                    return;
+                }
+                next = next => match next {
+                    Some((accepted, slot)) => accepted.map(|(stream, _)| (stream, slot)),
+                    None => return,
+                },
+            };
+            match accepted {
+                Ok((stream, slot)) => {
                     let commands = commands.clone();
                     tokio::spawn(async move {
                         let _slot = slot;
@@ -127,10 +162,52 @@ impl ControlSocket {
     }
 }
 
+/// The control socket as the supervisor holds it: serving starts when the
+/// master is in charge, and ends when a new master takes over.
+pub struct Control {
+    socket: Option<ControlSocket>,
+    raw_fd: RawFd,
+    commands: mpsc::UnboundedSender<Command>,
+    handed_over: watch::Sender<bool>,
+}
+
+impl Control {
+    pub fn new(socket: ControlSocket, commands: mpsc::UnboundedSender<Command>) -> Control {
+        Control {
+            raw_fd: socket.listener.as_raw_fd(),
+            socket: Some(socket),
+            commands,
+            handed_over: watch::channel(false).0,
+        }
+    }
+
+    /// Start answering riverctl (within the runtime); once only.
+    pub fn start(&mut self) {
+        if let Some(socket) = self.socket.take() {
+            tokio::spawn(socket.serve(self.commands.clone(), self.handed_over.subscribe()));
+        }
+    }
+
+    /// The listening socket, for a new master to inherit.
+    pub fn raw_fd(&self) -> RawFd {
+        self.raw_fd
+    }
+
+    /// A new master answers from now on: stop accepting, close our copy,
+    /// leave the socket file alone.
+    pub fn hand_over(&mut self) {
+        if let Some(socket) = &mut self.socket {
+            socket.identity = None;
+        }
+        self.socket = None;
+        let _ = self.handed_over.send(true);
+    }
+}
+
 impl Drop for ControlSocket {
     fn drop(&mut self) {
         let ours = std::fs::symlink_metadata(&self.path)
-            .is_ok_and(|meta| (meta.dev(), meta.ino()) == self.identity);
+            .is_ok_and(|meta| Some((meta.dev(), meta.ino())) == self.identity);
         if ours {
             let _ = std::fs::remove_file(&self.path);
         }
@@ -211,6 +288,13 @@ async fn handle(
         }
         ControlRequest::Stop { graceful } => ack(commands.send(Command::Stop { graceful })),
         ControlRequest::ReopenLogs => ack(commands.send(Command::ReopenLogs)),
+        ControlRequest::Upgrade { binary } => {
+            let (reply, answer) = oneshot::channel();
+            match commands.send(Command::Upgrade { binary, reply }) {
+                Ok(()) => answer.await.unwrap_or_else(|_| gone()),
+                Err(_) => gone(),
+            }
+        }
     };
     channel.send(&response, &[]).await
 }

@@ -13,6 +13,7 @@ mod pidfile;
 mod process;
 mod signals;
 mod supervisor;
+mod upgrade;
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
@@ -60,13 +61,43 @@ fn run_worker(ipc_fd: RawFd) -> anyhow::Result<()> {
 }
 
 fn run_master(cli: Cli) -> anyhow::Result<()> {
-    let source = match &cli.config {
-        Some(path) => {
-            ConfigSource::File(std::path::absolute(path).unwrap_or_else(|_| path.clone()))
-        }
+    // Before anything else: a master started by a binary upgrade inherits
+    // its sockets, and must tell the old master if it cannot take over.
+    let inheritance = upgrade::Inheritance::from_env().context("binary upgrade")?;
+    let invocation = upgrade::Invocation {
+        binary: upgrade::Invocation::binary_at_start(),
+        config: cli
+            .config
+            .as_ref()
+            .map(|path| std::path::absolute(path).unwrap_or_else(|_| path.clone())),
+        pid_file: cli.pidfile.clone(),
+        threads_per_service: cli.threads_per_service,
+    };
+    let source = match &invocation.config {
+        Some(path) => ConfigSource::File(path.clone()),
         None => ConfigSource::Embedded,
     }
     .with_overrides(cli.threads_per_service);
+    match inheritance {
+        Some(inheritance) => {
+            let link = inheritance.link.try_clone().ok();
+            run_new_master(cli, invocation, source, inheritance).inspect_err(|err| {
+                // Nothing served yet: the old master serves on.
+                if let Some(link) = link {
+                    upgrade::tell_failed_blocking(link, &format!("{err:#}"));
+                }
+            })
+        }
+        None => run_first_master(cli, invocation, source),
+    }
+}
+
+/// A master started by an operator (or an init system).
+fn run_first_master(
+    cli: Cli,
+    invocation: upgrade::Invocation,
+    source: config_source::LoadConfig,
+) -> anyhow::Result<()> {
     let config = source.load().map_err(|err| anyhow::anyhow!("{err}"))?;
     if cli.validate {
         let name = match &cli.config {
@@ -97,23 +128,75 @@ fn run_master(cli: Cli) -> anyhow::Result<()> {
         // Before any runtime or thread exists. Paths are absolute by now.
         nix::unistd::daemon(true, false).context("daemonize")?;
     }
-    let _pid_file = pid_lock.map(pidfile::PidLock::write).transpose()?;
+    let pid_file = pid_lock.map(pidfile::PidLock::write).transpose()?;
+    serve(source, listeners, first, |commands| supervisor::Setup {
+        invocation,
+        control: control.map(|socket| control::Control::new(socket, commands)),
+        pid_file,
+        takeover: None,
+    })
+}
 
+/// A master started by a binary upgrade: the old master's sockets, no
+/// daemonizing (it runs where the old one did), no lock on the pid file
+/// (the old master holds it until it exits; this one writes its own file
+/// once it serves).
+fn run_new_master(
+    cli: Cli,
+    invocation: upgrade::Invocation,
+    source: config_source::LoadConfig,
+    inheritance: upgrade::Inheritance,
+) -> anyhow::Result<()> {
+    let config = source.load().map_err(|err| anyhow::anyhow!("{err}"))?;
+    let system = config.system.clone();
+    let pid_path = cli.pidfile.clone().or_else(|| system.pid_file.clone());
+    let control = match (&system.control_socket, inheritance.control) {
+        (Some(path), Some(fd)) => Some(control::ControlSocket::inherited(path, fd)),
+        (Some(path), None) => Some(control::ControlSocket::bind(path)?),
+        (None, _) => None,
+    };
+    let listeners = listeners::ListenerSet::inherited(inheritance.listeners);
+    let first = inputs::GenerationInputs::prepare(config, &listeners)
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
+    tracing::info!(
+        old_pid = inheritance.old_pid,
+        "binary upgrade: taking over from the running master"
+    );
+    let link = inheritance.link;
+    let next_generation = inheritance.next_generation;
+    serve(source, listeners, first, move |commands| {
+        supervisor::Setup {
+            invocation,
+            control: control.map(|socket| control::Control::new(socket, commands)),
+            pid_file: None,
+            takeover: Some(supervisor::Takeover {
+                link: upgrade::Link::inherited(link).expect("the inherited link is a socket"),
+                next_generation,
+                pid_file: pid_path,
+            }),
+        }
+    })
+}
+
+/// Run the master's event loop until it exits.
+fn serve(
+    source: config_source::LoadConfig,
+    listeners: listeners::ListenerSet,
+    first: inputs::GenerationInputs,
+    setup: impl FnOnce(mpsc::UnboundedSender<supervisor::Command>) -> supervisor::Setup,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the master's event loop")?;
     runtime.block_on(async move {
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
-        if let Some(control) = control {
-            tokio::spawn(control.serve(commands_tx.clone()));
-        }
         tracing::info!(
             pid = std::process::id(),
             version = env!("CARGO_PKG_VERSION"),
             "master starting"
         );
-        Supervisor::new(source, listeners)
+        Supervisor::new(source, listeners, setup(commands_tx.clone()))
             .run(first, commands_rx)
             .await?;
         drop(commands_tx);

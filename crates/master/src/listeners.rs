@@ -64,9 +64,35 @@ fn remove_stale_socket(path: &Path) -> io::Result<()> {
 #[derive(Default)]
 pub struct ListenerSet {
     sockets: BTreeMap<ListenAddress, SharedSocket>,
+    /// Set once a new master took the sockets over: Unix socket files are
+    /// then its to remove, not ours.
+    handed_over: bool,
 }
 
 impl ListenerSet {
+    /// The sockets a new master inherited from the old one (binary upgrade).
+    pub fn inherited(sockets: BTreeMap<ListenAddress, SharedSocket>) -> ListenerSet {
+        ListenerSet {
+            sockets,
+            handed_over: false,
+        }
+    }
+
+    /// The current sockets, for a new master to inherit.
+    pub fn current(&self) -> Vec<(ListenAddress, SharedSocket)> {
+        self.sockets
+            .iter()
+            .map(|(address, socket)| (address.clone(), socket.clone()))
+            .collect()
+    }
+
+    /// A new master serves on these sockets now: close our copies, leave
+    /// the Unix socket files to it.
+    pub fn hand_over(&mut self) {
+        self.handed_over = true;
+        self.sockets.clear();
+    }
+
     /// The sockets `config` needs: existing ones are reused, missing ones bound.
     /// Nothing changes here until [`ListenerSet::commit`]; on error, sockets
     /// bound by this call are closed when the partial result drops.
@@ -101,7 +127,7 @@ impl ListenerSet {
             .collect();
         for address in stale {
             self.sockets.remove(&address);
-            if let ListenAddress::Unix(path) = &address {
+            if let (ListenAddress::Unix(path), false) = (&address, self.handed_over) {
                 let _ = std::fs::remove_file(path);
             }
         }

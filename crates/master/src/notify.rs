@@ -53,6 +53,21 @@ impl Notifier {
         ));
     }
 
+    /// A new master taking over after a binary upgrade: it is the service's
+    /// main process from now on (needs `NotifyAccess=all`: it is not yet).
+    pub fn main_pid(&self, status: &str) {
+        self.send(&format!(
+            "MAINPID={}\nREADY=1\nSTATUS={status}\n",
+            std::process::id()
+        ));
+    }
+
+    /// A master that retired after an upgrade no longer speaks for the
+    /// service: the new master does.
+    pub fn silence(&mut self) {
+        self.target = None;
+    }
+
     pub fn stopping(&self) {
         self.send("STOPPING=1\nSTATUS=stopping\n");
     }

@@ -78,6 +78,20 @@ impl PidFile {
     }
 }
 
+impl PidFile {
+    /// A new master after a binary upgrade: the old master holds the lock on
+    /// the current file; this one writes its own and renames it over, so
+    /// the path names the serving master from then on.
+    pub fn take_over(path: &Path) -> Result<PidFile, PidFileError> {
+        PidLock {
+            path: path.to_owned(),
+            held: None,
+            created: false,
+        }
+        .write()
+    }
+}
+
 impl PidLock {
     /// Write this process's pid (after daemonizing) and keep the lock.
     pub fn write(mut self) -> Result<PidFile, PidFileError> {

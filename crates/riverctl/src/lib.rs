@@ -55,6 +55,16 @@ pub enum Command {
     },
     /// Reopen log files (as SIGUSR1)
     ReopenLogs,
+    /// Binary upgrade (as SIGUSR2): start the binary on disk as a new master on
+    /// the same sockets; the running master retires once the new one serves
+    Upgrade {
+        /// The binary to start (default: the running master's own path)
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// Give up waiting after this many seconds
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
 }
 
 /// Parse the command line, run it, and say how it went.
@@ -76,9 +86,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { .. } => ControlRequest::Status,
         Command::Stop { graceful } => ControlRequest::Stop { graceful },
         Command::ReopenLogs => ControlRequest::ReopenLogs,
+        Command::Upgrade { ref binary, .. } => ControlRequest::Upgrade {
+            binary: binary
+                .as_ref()
+                .map(|path| std::path::absolute(path).unwrap_or_else(|_| path.clone())),
+        },
     };
     let timeout = match cli.command {
-        Command::Reload { timeout, .. } => Duration::from_secs(timeout),
+        Command::Reload { timeout, .. } | Command::Upgrade { timeout, .. } => {
+            Duration::from_secs(timeout)
+        }
         _ => Duration::from_secs(10),
     };
     let socket = socket_path(cli.socket, cli.config.as_deref());
@@ -105,6 +122,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         ControlResponse::ReloadFailed { error } => {
             eprintln!("reload failed, the serving generation is unchanged:\n{error}");
+            ExitCode::FAILURE
+        }
+        ControlResponse::Upgraded {
+            new,
+            generation,
+            workers,
+            millis,
+            old,
+        } => {
+            println!(
+                "upgraded: river {} (pid {}) serving generation {generation} ({}, {millis} ms); river {} (pid {}) draining",
+                new.version,
+                new.pid,
+                plural(workers, "worker"),
+                old.version,
+                old.pid
+            );
+            ExitCode::SUCCESS
+        }
+        ControlResponse::UpgradeFailed { error } => {
+            eprintln!("upgrade failed, the running master serves on:\n{error}");
             ExitCode::FAILURE
         }
         ControlResponse::Accepted => ExitCode::SUCCESS,
@@ -160,20 +198,39 @@ fn socket_path(flag: Option<PathBuf>, config: Option<&Path>) -> PathBuf {
 }
 
 fn render_status(report: &StatusReport) -> String {
-    let mut out = format!("master pid {}\n", report.master_pid);
-    for generation in &report.generations {
+    let mut out = format!("master pid {}", report.master_pid);
+    if !report.master.version.is_empty() {
+        out += &format!(
+            " (river {}, {})",
+            report.master.version, report.master.binary
+        );
+    }
+    out += "\n";
+    render_generations(&mut out, &report.generations);
+    for retiring in &report.retiring {
+        out += &format!(
+            "retiring master pid {} (river {}, {})\n",
+            retiring.master.pid, retiring.master.version, retiring.master.binary
+        );
+        render_generations(&mut out, &retiring.generations);
+    }
+    out
+}
+
+fn render_generations(out: &mut String, generations: &[river_ipc::GenerationStatus]) {
+    for generation in generations {
         let state = match generation.state {
             GenerationState::Starting => "starting",
             GenerationState::Serving => "serving",
             GenerationState::Draining => "draining",
         };
-        out += &format!("generation {} {state}", generation.generation);
+        *out += &format!("generation {} {state}", generation.generation);
         if let Some(secs) = generation.drain_deadline_secs {
-            out += &format!(" (killed in {secs} s)");
+            *out += &format!(" (killed in {secs} s)");
         }
-        out += "\n";
+        *out += "\n";
         for worker in &generation.workers {
-            out += &format!(
+            *out += &format!(
                 "  worker pid {:<8} rss {:>8.1} MiB  connections {}\n",
                 worker.pid,
                 worker.rss_bytes as f64 / (1024.0 * 1024.0),
@@ -181,5 +238,4 @@ fn render_status(report: &StatusReport) -> String {
             );
         }
     }
-    out
 }

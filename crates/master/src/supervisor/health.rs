@@ -51,6 +51,8 @@ impl Supervisor {
         let now = Instant::now();
         StatusReport {
             master_pid: std::process::id(),
+            master: self.identity.clone(),
+            retiring: self.retiring_masters(),
             generations: self
                 .generations
                 .iter()

@@ -5,6 +5,7 @@ mod generation;
 mod health;
 mod reload;
 mod shutdown;
+mod upgrade;
 mod workers;
 
 use std::time::{Duration, Instant};
@@ -23,6 +24,11 @@ use crate::signals::{Action, Signals};
 use generation::{Generation, Slot, State};
 use reload::{DeferredStart, Handover, Validation};
 use shutdown::Shutdown;
+use upgrade::{PendingUpgrade, Predecessor, Successor, UpgradeEvent};
+
+use crate::control::Control;
+use crate::pidfile::PidFile;
+use crate::upgrade::{Invocation, Link};
 
 /// Grace between SIGTERM and SIGKILL for a worker being killed.
 const KILL_GRACE: Duration = Duration::from_secs(2);
@@ -49,6 +55,10 @@ pub enum Command {
         graceful: bool,
     },
     ReopenLogs,
+    Upgrade {
+        binary: Option<std::path::PathBuf>,
+        reply: oneshot::Sender<ControlResponse>,
+    },
 }
 
 pub(super) type Reply = oneshot::Sender<ControlResponse>;
@@ -80,20 +90,66 @@ pub struct Supervisor {
     last_memory_sample: Instant,
     notify: Notifier,
     handovers: Vec<Handover>,
+    /// How this master was started, to start a successor the same way.
+    invocation: Invocation,
+    identity: river_ipc::MasterIdentity,
+    control: Option<Control>,
+    pid_file: Option<PidFile>,
+    /// A binary upgrade this master started.
+    upgrade: Option<PendingUpgrade>,
+    /// Set once this master retired for a new one.
+    successor: Option<Successor>,
+    /// Set when this master was started by a binary upgrade.
+    predecessor: Option<Predecessor>,
+    upgrade_tx: mpsc::UnboundedSender<UpgradeEvent>,
+    upgrade_rx: mpsc::UnboundedReceiver<UpgradeEvent>,
+}
+
+/// What the master's start-up hands the supervisor besides config and sockets.
+pub struct Setup {
+    pub invocation: Invocation,
+    pub control: Option<Control>,
+    /// The pid file, written already (None when started by an upgrade: the
+    /// file is written at take-over).
+    pub pid_file: Option<PidFile>,
+    /// Set when started by a binary upgrade.
+    pub takeover: Option<Takeover>,
+}
+
+/// A new master's start after a binary upgrade.
+pub struct Takeover {
+    pub link: Link,
+    pub next_generation: u64,
+    pub pid_file: Option<std::path::PathBuf>,
 }
 
 impl Supervisor {
-    pub fn new(source: LoadConfig, listeners: ListenerSet) -> Supervisor {
+    /// Within the master's runtime.
+    pub fn new(source: LoadConfig, listeners: ListenerSet, setup: Setup) -> Supervisor {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (loaded_tx, loaded_rx) = mpsc::unbounded_channel();
+        let (upgrade_tx, upgrade_rx) = mpsc::unbounded_channel();
+        let next_generation = setup.takeover.as_ref().map_or(1, |t| t.next_generation);
+        let predecessor = setup
+            .takeover
+            .map(|t| Predecessor::new(t.link, t.pid_file, upgrade_tx.clone()));
         Supervisor {
+            identity: river_ipc::MasterIdentity::this(&setup.invocation.binary),
+            invocation: setup.invocation,
+            control: setup.control,
+            pid_file: setup.pid_file,
+            upgrade: None,
+            successor: None,
+            predecessor,
+            upgrade_tx,
+            upgrade_rx,
             validating: None,
             loaded_tx,
             loaded_rx,
             source,
             listeners,
             generations: Vec::new(),
-            next_generation: 1,
+            next_generation,
             events_tx,
             events_rx,
             pending_reload: None,
@@ -113,6 +169,11 @@ impl Supervisor {
         mut commands: mpsc::UnboundedReceiver<Command>,
     ) -> Result<(), MasterError> {
         let mut signals = Signals::install().map_err(MasterError::Signals)?;
+        if self.predecessor.is_none() {
+            if let Some(control) = &mut self.control {
+                control.start();
+            }
+        }
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -121,7 +182,8 @@ impl Supervisor {
         let mut first_done = false;
 
         loop {
-            if self.shutdown.is_some() && self.generations.is_empty() {
+            let leaving = self.shutdown.is_some() || self.successor.is_some();
+            if leaving && self.generations.is_empty() {
                 break;
             }
             tokio::select! {
@@ -129,10 +191,12 @@ impl Supervisor {
                 Some(command) = commands.recv() => self.on_command(command).await,
                 Some(loaded) = self.loaded_rx.recv() => self.on_config_loaded(loaded).await,
                 Some(action) = signals.recv() => self.on_signal(action).await,
+                Some(event) = self.upgrade_rx.recv() => self.on_upgrade_event(event).await,
                 _ = tick.tick() => self.on_tick().await,
                 outcome = &mut first_outcome, if !first_done => {
                     first_done = true;
                     if let Ok(ControlResponse::ReloadFailed { error }) = outcome {
+                        self.tell_predecessor_failed(&error).await;
                         self.begin_shutdown(false);
                         self.wait_for_exit().await;
                         return Err(MasterError::FirstGeneration(error));
@@ -165,7 +229,8 @@ impl Supervisor {
             Action::FastStop => self.begin_shutdown(false),
             Action::ReopenLogs => self.reopen_logs(),
             Action::Upgrade => {
-                tracing::warn!("SIGUSR2 (binary upgrade) is not available in this version: ignored")
+                tracing::info!(by = "SIGUSR2", "binary upgrade requested");
+                self.request_upgrade(None, None);
             }
             Action::Ignore(name) => {
                 tracing::warn!(signal = name, "ignoring a signal River does not use")
@@ -187,6 +252,10 @@ impl Supervisor {
             }
             Command::Stop { graceful } => self.begin_shutdown(graceful),
             Command::ReopenLogs => self.reopen_logs(),
+            Command::Upgrade { binary, reply } => {
+                tracing::info!(by = "control socket", "binary upgrade requested");
+                self.request_upgrade(binary, Some(reply));
+            }
         }
     }
 
@@ -252,6 +321,7 @@ impl Supervisor {
         self.restart_due_workers(now).await;
         self.start_deferred_when_room().await;
         self.advance_shutdown(now);
+        self.upgrade_tick(now);
         self.settle_handovers();
         if !self.reloading() {
             if let Some(waiters) = self.pending_reload.take() {

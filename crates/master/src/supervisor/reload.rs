@@ -61,6 +61,15 @@ impl Supervisor {
             }
             return;
         }
+        if let Some(error) = self.reload_refusal() {
+            tracing::error!("reload refused: {error}");
+            for waiter in waiters {
+                let _ = waiter.send(ControlResponse::ReloadFailed {
+                    error: error.clone(),
+                });
+            }
+            return;
+        }
         if self.reloading() {
             self.pending_reload
                 .get_or_insert_with(Vec::new)
@@ -255,31 +264,12 @@ impl Supervisor {
         }
         gen.send_all(&ToWorker::Serve);
         let sockets = gen.inputs.sockets.clone();
-        let mut retired = Vec::new();
         for gen in &mut self.generations {
-            if gen.state == State::Draining {
+            if gen.number != number {
                 gen.inputs.retain_sockets(&sockets);
-            }
-            if gen.state == State::Serving && gen.number != number {
-                gen.inputs.retain_sockets(&sockets);
-                retired.push(gen.number);
-                let drain = Duration::from_secs(gen.inputs.config.system.drain_timeout_secs);
-                gen.state = State::Draining;
-                gen.drain_started = Some(now);
-                gen.deadline = Some(now + drain);
-                for slot in &mut gen.slots {
-                    slot.restart_at = None;
-                }
-                gen.send_all(&ToWorker::Drain {
-                    deadline_secs: drain.as_secs(),
-                });
-                tracing::info!(
-                    generation = gen.number,
-                    drain_timeout_secs = drain.as_secs(),
-                    "generation draining"
-                );
             }
         }
+        let retired = self.drain_serving();
         let Some(gen) = self.generation_mut(number) else {
             return;
         };
@@ -299,12 +289,54 @@ impl Supervisor {
         self.handovers.push(handover);
         self.listeners.commit(&sockets);
         tracing::info!(generation = number, workers, millis, "generation serving");
-        self.notify.ready(&format!("generation {number} serving"));
+        if !self.take_over_if_due(number, workers, millis) {
+            self.notify.ready(&format!("generation {number} serving"));
+        }
         self.remove_finished();
         self.settle_handovers();
         if let Some(waiters) = self.pending_reload.take() {
             self.request_reload_boxed(waiters).await;
         }
+    }
+
+    /// Every serving generation but the newest starts draining (its
+    /// deadline from its own config); their numbers.
+    pub(super) fn drain_serving(&mut self) -> Vec<u64> {
+        let now = Instant::now();
+        let newest = self
+            .generations
+            .iter()
+            .filter(|g| g.state == State::Serving)
+            .map(|g| g.number)
+            .max();
+        let keep = if self.successor.is_some() {
+            None
+        } else {
+            newest
+        };
+        let mut retired = Vec::new();
+        for gen in &mut self.generations {
+            if gen.state != State::Serving || Some(gen.number) == keep {
+                continue;
+            }
+            retired.push(gen.number);
+            let drain = Duration::from_secs(gen.inputs.config.system.drain_timeout_secs);
+            gen.state = State::Draining;
+            gen.drain_started = Some(now);
+            gen.deadline = Some(now + drain);
+            for slot in &mut gen.slots {
+                slot.restart_at = None;
+            }
+            gen.send_all(&ToWorker::Drain {
+                deadline_secs: drain.as_secs(),
+            });
+            tracing::info!(
+                generation = gen.number,
+                drain_timeout_secs = drain.as_secs(),
+                "generation draining"
+            );
+        }
+        retired
     }
 
     /// Break the async recursion promote -> reload -> (later) promote.

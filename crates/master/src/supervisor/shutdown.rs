@@ -22,6 +22,7 @@ impl Supervisor {
             }
         }
         tracing::info!(graceful, "shutting down");
+        self.fail_upgrade("the master is shutting down".into());
         self.notify.stopping();
         let now = Instant::now();
         let mut drain = Duration::ZERO;

@@ -124,7 +124,7 @@ impl Supervisor {
     }
 
     pub(super) async fn restart_due_workers(&mut self, now: Instant) {
-        if self.shutdown.is_some() {
+        if self.shutdown.is_some() || self.successor.is_some() {
             return;
         }
         let events = self.events_tx.clone();
