@@ -2,7 +2,8 @@
 # Hot reload: River vs nginx vs HAProxy, side by side in one run. See bench/README.md.
 #   a. failed requests under keep-alive load (wrk -c32, ~7 s) with a reload every 200 ms;
 #   b. reload latency: signal -> a fresh connection sees the new config (15 reloads);
-#   c. peak processes and RSS after 20 reloads (500 ms apart) while long requests keep arriving.
+#   c. peak processes and RSS after 20 reloads (500 ms apart) while long requests keep arriving;
+#   d. 10 binary upgrades 1 s apart under keep-alive load and a loop of fresh connections.
 #
 # Environment: PIN=0 to run (a) and (b) unpinned, RIVER=path to the river binary,
 # ONLY="a b c" to run a subset.
@@ -10,12 +11,13 @@ source "$(dirname "$0")/lib.sh"
 bench_init
 
 LAB=$BENCH_DIR/reloadlab.py
-ONLY=${ONLY:-a b c}
+ONLY=${ONLY:-a b c d}
 RELOADS_A=33
 INTERVAL_A=0.2
 WRK_A=(-t1 -c32 -d7s --latency)
 LATENCY_COUNT=15
 RELOADS_C=20
+UPGRADES_D=10
 
 # ---------------------------------------------------------------- configs (templates: @GEN@)
 
@@ -115,6 +117,7 @@ kv() { # KEY LINE: value of key=value in LINE
     tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"
 }
 
+declare -A D_OK D_FAIL D_REFUSED D_GONE D_ERR
 declare -A A_REQ A_FAIL A_SOCK A_NON2XX A_SIGS A_GENS B_MED B_MAX B_ERR C_PEAKP C_PEAKR C_ENDP C_ENDR C_LONG C_CUT
 
 # ---------------------------------------------------------------- a + b
@@ -180,6 +183,34 @@ if [[ $ONLY == *c* ]]; then
     done
 fi
 
+# ---------------------------------------------------------------- d
+if [[ $ONLY == *d* ]]; then
+    start_fast_upstream
+    # River's upgrade starts the binary at the master's own path: a copy
+    # that stays put (riverctl from the same build).
+    RIVERCTL=${RIVERCTL:-$ROOT/target/release/riverctl}
+    for name in River nginx HAProxy; do
+        dir=$WORK/d-$name
+        port=$(free_port)
+        start_proxy "$name" "$dir" "$port" "$UPSTREAM_PORT" 1 ""
+        case $name in
+            River) args=(--kind river --pid-file "$dir/river.pid" --riverctl "$RIVERCTL" --socket "$dir/river.sock") ;;
+            nginx) args=(--kind nginx --pid-file "$dir/nginx.pid") ;;
+            HAProxy) args=(--kind haproxy --pid-file "$dir/haproxy.pid") ;;
+        esac
+        res=$(python3 "$LAB" upgrades --port "$port" --count $UPGRADES_D --interval 1 "${args[@]}")
+        D_OK[$name]=$(kv ok "$res") D_FAIL[$name]=$(kv failed "$res") D_REFUSED[$name]=$(kv refused "$res")
+        D_GONE[$name]=$(kv old_gone_max_s "$res") D_ERR[$name]=$(kv upgrade_errors "$res")
+        echo "  d. $name: $res" >&2
+        # After upgrades the serving master is the pid file's, not the one started.
+        for pidfile in "$dir/river.pid" "$dir/nginx.pid" "$dir/haproxy.pid"; do
+            [ -r "$pidfile" ] && kill_tree "$(cat "$pidfile")"
+        done
+        kill_tree "$PROXY_PID"
+    done
+    kill_tree "$UPSTREAM_PID"
+fi
+
 # ---------------------------------------------------------------- tables
 echo
 echo "Hot reload, River vs nginx vs HAProxy. $(machine_note)"
@@ -217,6 +248,20 @@ if [[ $ONLY == *c* ]]; then
     echo "| processes at the end | ${C_ENDP[River]} | ${C_ENDP[nginx]} | ${C_ENDP[HAProxy]} |"
     echo "| RSS at the end (MiB) | ${C_ENDR[River]} | ${C_ENDR[nginx]} | ${C_ENDR[HAProxy]} |"
     echo "| long requests opened / cut before their answer | ${C_LONG[River]} / ${C_CUT[River]} | ${C_LONG[nginx]} / ${C_CUT[nginx]} | ${C_LONG[HAProxy]} / ${C_CUT[HAProxy]} |"
+fi
+if [[ $ONLY == *d* ]]; then
+    echo
+    echo "(d): $UPGRADES_D binary upgrades 1 s apart under 16 keep-alive clients and 2 loops of fresh connections; one worker/process."
+    echo "River \`riverctl upgrade\`; nginx \`kill -USR2\` the master, then \`WINCH\` and \`QUIT\` the old one (as nginx documents);"
+    echo "HAProxy \`kill -USR2\` its \`-W\` master, which re-executes its binary."
+    echo
+    echo "| **d.** $UPGRADES_D binary upgrades | River | nginx | HAProxy |"
+    echo "|---|---:|---:|---:|"
+    echo "| failed requests | **${D_FAIL[River]}** | **${D_FAIL[nginx]}** | **${D_FAIL[HAProxy]}** |"
+    echo "| refused connections | **${D_REFUSED[River]}** | **${D_REFUSED[nginx]}** | **${D_REFUSED[HAProxy]}** |"
+    echo "| requests served | ${D_OK[River]} | ${D_OK[nginx]} | ${D_OK[HAProxy]} |"
+    echo "| old processes gone after, worst of $UPGRADES_D (s) | ${D_GONE[River]} | ${D_GONE[nginx]} | ${D_GONE[HAProxy]} |"
+    echo "| upgrades that did not complete | ${D_ERR[River]} | ${D_ERR[nginx]} | ${D_ERR[HAProxy]} |"
 fi
 echo
 echo "Targets (River): a. 0 failed requests: $([ "${A_FAIL[River]:-x}" = 0 ] && echo met || echo "${A_FAIL[River]:-not run}")."\

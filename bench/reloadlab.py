@@ -12,6 +12,12 @@
       Opens a /slow request every 100 ms through the proxy and keeps it open, reloads 20 times
       500 ms apart, and samples the process count and total RSS of PID's tree every 100 ms.
 
+  reloadlab.py upgrades --kind river|nginx|haproxy --port P --pid-file F --count N --interval S
+      N binary upgrades S apart under load (16 keep-alive clients and a loop of fresh
+      connections): River `riverctl -s SOCKET upgrade`; nginx USR2 to the master, then WINCH and
+      QUIT to the old one; HAProxy USR2 to its -W master (it re-executes its binary). Counts
+      failed requests and refused connections, and how long the old processes live on.
+
 Every command prints one line of `key=value` results on stdout.
 """
 
@@ -224,6 +230,133 @@ def procs(args):
     )
 
 
+# ---------------------------------------------------------------- binary upgrades
+
+def read_pid(path):
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        return stat[stat.rindex(")") + 2] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(check, timeout, step=0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(step)
+    return None
+
+
+def upgrades(args):
+    stop = threading.Event()
+    lock = threading.Lock()
+    tally = {"ok": 0, "failed": 0, "refused": 0}
+    errors = []
+
+    def record(key, error=None):
+        with lock:
+            tally[key] += 1
+            if error and len(errors) < 5:
+                errors.append(error)
+
+    def keep_alive():
+        conn = None
+        while not stop.is_set():
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", args.port, timeout=30)
+                conn.request("GET", "/")
+                resp = conn.getresponse()
+                resp.read()
+                record("ok" if resp.status == 200 else "failed", None if resp.status == 200 else f"status {resp.status}")
+                if (resp.getheader("connection") or "").lower() == "close":
+                    conn.close()
+                    conn = None
+            except ConnectionRefusedError as err:
+                record("refused", repr(err))
+                conn = None
+            except (OSError, http.client.HTTPException) as err:
+                record("failed", f"keep-alive {err!r}")
+                conn = None
+
+    def fresh():
+        while not stop.is_set():
+            try:
+                status, _ = get_gen(args.port, timeout=30)
+                record("ok" if status == 200 else "failed")
+            except ConnectionRefusedError as err:
+                record("refused", repr(err))
+            except (OSError, http.client.HTTPException) as err:
+                record("failed", f"fresh {err!r}")
+            time.sleep(0.005)
+
+    threads = [threading.Thread(target=keep_alive, daemon=True) for _ in range(16)]
+    threads += [threading.Thread(target=fresh, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    retired = []  # (old pids, time of the upgrade)
+    upgrade_errors = 0
+    start = time.monotonic()
+    for i in range(args.count):
+        master = read_pid(args.pid_file)
+        t0 = time.monotonic()
+        if args.kind == "river":
+            old = [master] + [p for p in tree(master) if p != master]
+            done = os.system(f"{args.riverctl} -s {args.socket} upgrade >/dev/null 2>&1") == 0
+            if not done:
+                upgrade_errors += 1
+        elif args.kind == "nginx":
+            old = tree(master)
+            os.kill(master, signal.SIGUSR2)
+            new = wait_for(lambda: (p := read_pid(args.pid_file)) != master and p, 10)
+            if not new or not wait_for(lambda: len(tree(new)) > 1, 10):
+                upgrade_errors += 1
+            os.kill(master, signal.SIGWINCH)
+            os.kill(master, signal.SIGQUIT)
+        else:
+            old = [p for p in tree(master) if p != master]
+            os.kill(master, signal.SIGUSR2)
+            if not wait_for(lambda: any(p not in old for p in tree(master) if p != master), 10):
+                upgrade_errors += 1
+        retired.append((old, t0))
+        next_at = start + (i + 1) * args.interval
+        time.sleep(max(0.0, next_at - time.monotonic()))
+    # how long after its upgrade each retired set of processes was gone
+    gone_after = []
+    for old, t0 in retired:
+        wait_for(lambda: not any(alive(p) for p in old), args.max_wait, step=0.05)
+        gone = time.monotonic()
+        gone_after.append(gone - t0 if not any(alive(p) for p in old) else float("inf"))
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join(timeout=35)
+    finite = [g for g in gone_after if g != float("inf")]
+    print(
+        f"ok={tally['ok']} failed={tally['failed']} refused={tally['refused']} "
+        f"upgrade_errors={upgrade_errors} upgrades={len(retired)} "
+        f"old_gone_max_s={max(finite):.2f} old_never_gone={len(gone_after) - len(finite)} "
+        f"errors={'|'.join(errors).replace(' ', '_') or '-'}"
+        if finite else
+        f"ok={tally['ok']} failed={tally['failed']} refused={tally['refused']} "
+        f"upgrade_errors={upgrade_errors} upgrades={len(retired)} old_gone_max_s=- "
+        f"old_never_gone={len(gone_after)} errors={'|'.join(errors).replace(' ', '_') or '-'}"
+    )
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -263,6 +396,17 @@ def main():
     p.add_argument("--sample", type=float, default=0.1)
     p.add_argument("--tail", type=float, default=1.0)
     p.set_defaults(fn=procs)
+
+    p = sub.add_parser("upgrades")
+    p.add_argument("--kind", choices=["river", "nginx", "haproxy"], required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--pid-file", required=True)
+    p.add_argument("--count", type=int, default=10)
+    p.add_argument("--interval", type=float, default=1.0)
+    p.add_argument("--max-wait", type=float, default=30.0)
+    p.add_argument("--riverctl", default="riverctl")
+    p.add_argument("--socket", default="")
+    p.set_defaults(fn=upgrades)
 
     args = ap.parse_args()
     args.fn(args)

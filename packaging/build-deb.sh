@@ -24,6 +24,12 @@ upstream_version=$(awk '
     section == "[workspace.package]" && $1 == "version" { gsub(/"/, "", $3); print $3; exit }
 ' Cargo.toml)
 [ -n "$upstream_version" ] || { echo "build-deb: no version in [workspace.package] of Cargo.toml" >&2; exit 1; }
+# RIVER_DEB_VERSION=0.1.0+up1 builds the same tree as another version (the
+# binaries report it too): packaging/test.sh upgrades from one to the other.
+if [ -n "${RIVER_DEB_VERSION:-}" ]; then
+    upstream_version=$RIVER_DEB_VERSION
+    export RIVER_BUILD_VERSION="$RIVER_DEB_VERSION"
+fi
 version="$upstream_version-1"
 arch=$(dpkg --print-architecture)
 deb="$out_dir/river_${version}_${arch}.deb"

@@ -340,6 +340,57 @@ kept_serving() { [ "$(cat "$PIDFILE")" = "$master" ] && [ "$(serving_workers)" =
 check "the broken reload kept the master and the serving workers ($after)" kept_serving "$after"
 cp "$work/river.kdl.orig" "$CONF"
 
+# --- Binary upgrade: a package of a newer version installed over the running
+# one, under keep-alive load and a loop of fresh connections. postinst runs
+# `riverctl upgrade`, not a restart: nothing fails, nothing is refused.
+next_version="${version}+up1"
+if RIVER_DEB_VERSION="$next_version" packaging/build-deb.sh "$work/deb2" >"$work/build2.log" 2>&1; then
+    deb2=$(ls "$work"/deb2/river_*_"$(dpkg --print-architecture)".deb 2>/dev/null | head -n 1)
+    pass "build-deb.sh built $(basename "$deb2") from the same tree"
+    conf_sum=$(md5sum <"$CONF")
+    old_master=$(cat "$PIDFILE")
+    old_workers=$(pgrep -P "$old_master" | tr '\n' ' ')
+    python3 packaging/upgrade-load.py 127.0.0.1:8080 "$work/stop-load" >"$work/load.json" 2>&1 &
+    load=$!
+    sleep 1
+    if timeout 180 dpkg -i "$deb2" >"$work/upgrade.log" 2>&1; then
+        pass "dpkg -i $(basename "$deb2") over the running $version"
+    else
+        cat "$work/upgrade.log"
+        fail "dpkg -i $(basename "$deb2") over the running $version"
+    fi
+    sleep 1
+    touch "$work/stop-load"
+    wait "$load"
+    summary_json=$(cat "$work/load.json")
+    load_field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])" <"$work/load.json"; }
+    check "postinst upgraded the binary instead of restarting ($(grep -o 'upgraded: .*' "$work/upgrade.log"))" \
+        grep -q "upgraded: river $next_version" "$work/upgrade.log"
+    check "no request failed during the package upgrade ($summary_json)" test "$(load_field failed)" = 0
+    check "no connection was refused during the package upgrade" test "$(load_field refused)" = 0
+    check "requests kept flowing during the package upgrade ($(load_field ok) ok)" test "$(load_field ok)" -gt 100
+    new_master=$(cat "$PIDFILE" 2>/dev/null)
+    check "the pid file names the new master ($old_master -> $new_master)" \
+        sh -c "[ -n '$new_master' ] && [ '$new_master' != '$old_master' ] && kill -0 '$new_master'"
+    check "riverctl status: the serving master is river $next_version" \
+        sh -c "riverctl -c '$CONF' status | head -n 1 | grep -q 'river $next_version'"
+    gone=no
+    for _ in $(seq 75); do
+        alive=
+        for pid in $old_master $old_workers; do kill -0 "$pid" 2>/dev/null && alive="$alive $pid"; done
+        if [ -z "$alive" ]; then gone=yes; break; fi
+        sleep 0.2
+    done
+    check "the old master and its workers ($old_master $old_workers) are gone after the drain" test "$gone" = yes
+    check "the conffile $CONF is untouched by the upgrade" test "$(md5sum <"$CONF")" = "$conf_sum"
+    check "dpkg knows river $next_version-1" \
+        sh -c "[ \"\$(dpkg-query -W -f='\${Version}' river)\" = '$next_version-1' ]"
+    master=$new_master
+else
+    tail -n 30 "$work/build2.log"
+    fail "build-deb.sh builds a package of version $next_version"
+fi
+
 # --- Stop.
 check "$INIT status exits 0 while running" sh -c "$INIT status >/dev/null 2>&1"
 stop_started=$(date +%s)

@@ -13,3 +13,11 @@ pub use frame::{
     PROTOCOL_VERSION,
 };
 pub use messages::*;
+
+/// River's version as the binaries report it: Cargo's, unless the build set
+/// `RIVER_BUILD_VERSION` (packaging/build-deb.sh does, to build a package of
+/// another version from the same tree, e.g. for the upgrade test).
+pub const VERSION: &str = match option_env!("RIVER_BUILD_VERSION") {
+    Some(version) => version,
+    None => env!("CARGO_PKG_VERSION"),
+};

@@ -171,7 +171,7 @@ impl MasterIdentity {
     pub fn this(binary: &std::path::Path) -> MasterIdentity {
         MasterIdentity {
             pid: std::process::id(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
+            version: crate::VERSION.to_owned(),
             binary: binary.display().to_string(),
         }
     }

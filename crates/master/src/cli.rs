@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "river",
-    version,
+    version = river_ipc::VERSION,
     about = "River: a reverse proxy on pingora with hot reload done right",
     long_about = "River runs as a privileged master process that owns the listening sockets and the \
 configuration, and unprivileged worker processes that serve traffic on sockets the master hands them. \

@@ -193,7 +193,7 @@ fn serve(
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         tracing::info!(
             pid = std::process::id(),
-            version = env!("CARGO_PKG_VERSION"),
+            version = river_ipc::VERSION,
             "master starting"
         );
         Supervisor::new(source, listeners, setup(commands_tx.clone()))

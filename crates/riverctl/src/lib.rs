@@ -14,7 +14,7 @@ const DEFAULT_CONFIG: &str = "/etc/river/river.kdl";
 const DEFAULT_SOCKET: &str = "/run/river/river.sock";
 
 #[derive(Debug, Parser)]
-#[command(name = "riverctl", version, about = "Control a running River master")]
+#[command(name = "riverctl", version = river_ipc::VERSION, about = "Control a running River master")]
 pub struct Cli {
     /// The master's control socket (default: `system { control-socket }` of the
     /// config, else /run/river/river.sock; also $RIVER_CONTROL_SOCKET)

@@ -2,7 +2,7 @@
 //! proof that River runs, and where to go next.
 
 pub fn page() -> String {
-    let version = env!("CARGO_PKG_VERSION");
+    let version = river_ipc::VERSION;
     format!(
         "<!DOCTYPE html>\n<html>\n<head><title>Welcome to River</title></head>\n<body>\n\
          <h1>Welcome to River {version}</h1>\n\
