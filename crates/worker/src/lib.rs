@@ -69,6 +69,7 @@ mod rate_limit;
 mod respond;
 mod rewind;
 mod serve;
+mod stats;
 mod tls;
 mod upstreams;
 mod welcome;
@@ -220,15 +221,20 @@ struct Running {
 }
 
 async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerError> {
-    let expected =
-        hello.listeners.len() + usize::from(hello.access_log) + usize::from(hello.balance);
+    let expected = hello.listeners.len()
+        + usize::from(hello.access_log)
+        + usize::from(hello.balance)
+        + usize::from(hello.stats);
     if fds.len() != expected {
         return Err(WorkerError::FdMismatch {
             expected,
             fds: fds.len(),
         });
     }
-    // The balance board, when there is one, travels last. Without it, the
+    // The stats board, when there is one, travels last (metrics).
+    let stats_fd = hello.stats.then(|| fds.pop()).flatten();
+    let stats = stats::Stats::map(stats_fd, &hello.config, hello.worker_index)?;
+    // The balance board, when there is one, comes before it. Without it, the
     // worker still serves; connections may just spread less evenly.
     let board = match hello.balance.then(|| fds.pop()).flatten() {
         Some(fd) => balance::Board::map(fd, hello.config.system.workers, hello.worker_index)
@@ -262,8 +268,9 @@ async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerEr
     let connections = serve::ConnectionCount::new(board);
     let mut apps = Vec::new();
     let mut loops = Vec::new();
-    for service in &hello.config.services {
-        let river_app = RiverApp::build(service, access_log.clone())?;
+    for (index, service) in hello.config.services.iter().enumerate() {
+        let service_stats = stats.service(index, service);
+        let river_app = RiverApp::build(service, access_log.clone(), service_stats.clone())?;
         let forwarder = river_app.forwarder();
         let app = Arc::new(h1_proxy::Front::new(
             Arc::new(pingora_proxy::http_proxy(&server_conf, river_app)),
@@ -282,18 +289,23 @@ async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerEr
                 None => None,
             };
             let endpoint = Arc::new(tls::Endpoint::new(app.clone(), acceptor));
-            loops.push((serve::Inherited::adopt(&listener.address, fd)?, endpoint));
+            loops.push((
+                serve::Inherited::adopt(&listener.address, fd)?,
+                endpoint,
+                service_stats.clone(),
+            ));
         }
         apps.push(app);
     }
     let mut accept_loops = Vec::new();
-    for (listener, app) in loops {
+    for (listener, app, service_stats) in loops {
         accept_loops.push(tokio::spawn(serve::accept_loop(
             listener,
             app,
             stop_rx.clone(),
             shutdown_rx.clone(),
             connections.clone(),
+            service_stats,
         )));
     }
     Ok(Running {
