@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use river_ipc::{Channel, ControlRequest, ControlResponse};
+use river_ipc::{Channel, ControlRequest, ControlResponse, ReloadTrigger};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
@@ -81,6 +81,7 @@ async fn handle(
     commands: mpsc::UnboundedSender<Command>,
 ) -> Result<(), river_ipc::IpcError> {
     let allowed = peer_allowed(&stream);
+    let trigger = trigger(&stream);
     let channel = Channel::new(OwnedFd::from(stream.into_std()?))?;
     // Read the request before answering, even a refusal: a client still
     // writing when we close would see EPIPE instead of our answer.
@@ -107,18 +108,29 @@ async fn handle(
     let response = match request {
         ControlRequest::Reload { wait: true } => {
             let (reply, answer) = oneshot::channel();
-            let sent = commands.send(Command::Reload { reply: Some(reply) });
+            let sent = commands.send(Command::Reload {
+                reply: Some(reply),
+                trigger,
+            });
             match sent {
                 Ok(()) => answer.await.unwrap_or_else(|_| gone()),
                 Err(_) => gone(),
             }
         }
-        ControlRequest::Reload { wait: false } => {
-            ack(commands.send(Command::Reload { reply: None }))
-        }
+        ControlRequest::Reload { wait: false } => ack(commands.send(Command::Reload {
+            reply: None,
+            trigger,
+        })),
         ControlRequest::Status => {
             let (reply, answer) = oneshot::channel();
             match commands.send(Command::Status { reply }) {
+                Ok(()) => answer.await.unwrap_or_else(|_| gone()),
+                Err(_) => gone(),
+            }
+        }
+        ControlRequest::History => {
+            let (reply, answer) = oneshot::channel();
+            match commands.send(Command::History { reply }) {
                 Ok(()) => answer.await.unwrap_or_else(|_| gone()),
                 Err(_) => gone(),
             }
@@ -127,6 +139,32 @@ async fn handle(
         ControlRequest::ReopenLogs => ack(commands.send(Command::ReopenLogs)),
     };
     channel.send(&response, &[]).await
+}
+
+/// Who asks, for the reload history: riverctl's uid and pid, and whether
+/// systemd started it (`ExecReload`: its parent is pid 1).
+fn trigger(stream: &UnixStream) -> ReloadTrigger {
+    let Ok(cred) = stream.peer_cred() else {
+        return ReloadTrigger::Riverctl { uid: 0, pid: 0 };
+    };
+    let uid = cred.uid();
+    let pid = cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
+    if pid != 0 && parent_of(pid) == Some(1) {
+        ReloadTrigger::Systemd { uid, pid }
+    } else {
+        ReloadTrigger::Riverctl { uid, pid }
+    }
+}
+
+/// The parent pid of `pid`, from /proc/PID/stat.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: split after the last ')'.
+    stat.get(stat.rfind(')')? + 2..)?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn ack<T>(sent: Result<(), mpsc::error::SendError<T>>) -> ControlResponse {

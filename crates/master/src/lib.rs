@@ -7,6 +7,7 @@ pub mod cli;
 mod control;
 mod inputs;
 mod listeners;
+pub mod metrics;
 mod notify;
 mod pidfile;
 mod process;
@@ -77,6 +78,13 @@ fn run_master(cli: Cli) -> anyhow::Result<()> {
     let first = inputs::GenerationInputs::prepare(config, &listeners)
         .map_err(|err| anyhow::anyhow!("{err}"))?;
     let system = first.config.system.clone();
+    let metrics_listener = match &system.metrics {
+        Some(address) => Some(
+            metrics::http::MetricsListener::bind(address)
+                .with_context(|| format!("cannot bind the metrics listener {address}"))?,
+        ),
+        None => None,
+    };
     if cli.daemonize || system.daemonize {
         // Before any runtime or thread exists. Paths are absolute by now.
         nix::unistd::daemon(true, false).context("daemonize")?;
@@ -100,6 +108,10 @@ fn run_master(cli: Cli) -> anyhow::Result<()> {
             let control = control::ControlSocket::bind(path)
                 .with_context(|| format!("cannot bind control socket {}", path.display()))?;
             tokio::spawn(control.serve(commands_tx.clone()));
+        }
+        if let Some(listener) = metrics_listener {
+            tracing::info!(address = %listener.local_address(), "metrics listening");
+            tokio::spawn(listener.serve(commands_tx.clone()));
         }
         tracing::info!(
             pid = std::process::id(),

@@ -151,6 +151,7 @@ pub async fn spawn_worker(
         tls: inputs.tls.clone(),
         access_log: inputs.access_log.is_some(),
         balance: inputs.balance.is_some(),
+        stats: true,
     }));
     let mut fds: Vec<BorrowedFd<'_>> = inputs
         .sockets
@@ -159,6 +160,7 @@ pub async fn spawn_worker(
         .collect();
     fds.extend(inputs.access_log.as_ref().map(|file| file.as_fd()));
     fds.extend(inputs.balance.as_ref().map(|board| board.as_fd()));
+    fds.push(inputs.stats_fd.as_fd());
     if let Err(err) = channel.send(&hello, &fds).await {
         let _ = child.start_kill();
         let _ = child.wait().await;

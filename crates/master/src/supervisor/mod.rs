@@ -4,6 +4,7 @@
 mod generation;
 mod health;
 mod reload;
+mod scrape;
 mod shutdown;
 mod workers;
 
@@ -12,12 +13,13 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use river_config::Config;
-use river_ipc::{ControlResponse, ToWorker};
+use river_ipc::{ControlResponse, KillReason, ReloadTrigger, ToWorker};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::inputs::GenerationInputs;
 use crate::listeners::ListenerSet;
+use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::process::WorkerEvent;
 
@@ -79,6 +81,16 @@ pub enum Command {
     Reload {
         /// None: the caller does not wait for the outcome.
         reply: Option<oneshot::Sender<ControlResponse>>,
+        /// Who asked (the reload history).
+        trigger: ReloadTrigger,
+    },
+    /// A scrape of the metrics listener: the exposition text.
+    Metrics {
+        reply: oneshot::Sender<String>,
+    },
+    /// `riverctl history`.
+    History {
+        reply: oneshot::Sender<ControlResponse>,
     },
     Status {
         reply: oneshot::Sender<ControlResponse>,
@@ -113,6 +125,8 @@ pub struct Supervisor {
     last_memory_sample: Instant,
     notify: Notifier,
     handovers: Vec<Handover>,
+    /// Counters, stats boards and reload history (`crate::metrics`).
+    metrics: Metrics,
 }
 
 impl Supervisor {
@@ -131,6 +145,7 @@ impl Supervisor {
             last_memory_sample: Instant::now(),
             notify: Notifier::from_env(),
             handovers: Vec::new(),
+            metrics: Metrics::new(),
         }
     }
 
@@ -162,6 +177,7 @@ impl Supervisor {
                 Some(command) = commands.recv() => self.on_command(command).await,
                 _ = hup.recv() => {
                     tracing::info!(by = "SIGHUP", "reload requested");
+                    self.metrics.reload_requested(ReloadTrigger::Sighup); // metrics
                     self.request_reload(Vec::new()).await;
                 }
                 _ = quit.recv() => self.begin_shutdown(true),
@@ -196,8 +212,9 @@ impl Supervisor {
 
     async fn on_command(&mut self, command: Command) {
         match command {
-            Command::Reload { reply } => {
-                tracing::info!(by = "control socket", "reload requested");
+            Command::Reload { reply, trigger } => {
+                tracing::info!(by = %trigger, "reload requested");
+                self.metrics.reload_requested(trigger); // metrics
                 match reply {
                     Some(reply) => self.request_reload(vec![reply]).await,
                     None => self.request_reload(Vec::new()).await,
@@ -205,6 +222,12 @@ impl Supervisor {
             }
             Command::Status { reply } => {
                 let _ = reply.send(ControlResponse::Status(self.status()));
+            }
+            Command::Metrics { reply } => {
+                let _ = reply.send(self.render_metrics());
+            }
+            Command::History { reply } => {
+                let _ = reply.send(ControlResponse::History(self.metrics.history()));
             }
             Command::Stop { graceful } => self.begin_shutdown(graceful),
             Command::ReopenLogs => self.reopen_logs(),
@@ -259,7 +282,7 @@ impl Supervisor {
             .map(|g| g.number)
             .collect();
         for number in overdue {
-            self.kill_generation(number, "drain-timeout-secs reached");
+            self.kill_generation(number, KillReason::Deadline, "drain-timeout-secs reached");
         }
         for gen in &self.generations {
             if gen.kill_at.is_some_and(|at| now >= at) {
