@@ -163,6 +163,7 @@ async fn receive_hello(ipc: OwnedFd) -> Result<(Hello, Vec<OwnedFd>), WorkerErro
 
 async fn serve(hello: Hello, fds: Vec<OwnedFd>, ipc: OwnedFd) -> Result<(), WorkerError> {
     let channel = Arc::new(Channel::new(ipc)?);
+    slow_start_injected().await;
     let started = match fault_injected() {
         Some(err) => Err(err),
         None => start(&hello, fds).await,
@@ -206,6 +207,18 @@ fn fault_injected() -> Option<WorkerError> {
     std::path::Path::new(&path)
         .exists()
         .then(|| WorkerError::FaultInjected(path.to_string_lossy().into_owned()))
+}
+
+/// Slow start for the metrics tests: while $RIVER_TEST_SLOW_WORKER_START
+/// names a file that exists, workers wait before starting (so no generation
+/// serves yet). Nothing else reads it.
+async fn slow_start_injected() {
+    let Some(path) = std::env::var_os("RIVER_TEST_SLOW_WORKER_START") else {
+        return;
+    };
+    while std::path::Path::new(&path).exists() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// What a started worker holds: the switches that stop it.
