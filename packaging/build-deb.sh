@@ -62,6 +62,8 @@ install -D -m 0755 "$packaging/river.init" "$stage/etc/init.d/river"
 install -D -m 0644 "$packaging/river.default" "$stage/etc/default/river"
 install -D -m 0644 "$packaging/river.logrotate" "$stage/etc/logrotate.d/river"
 install -D -m 0644 "$packaging/river.service" "$stage/lib/systemd/system/river.service"
+# The Grafana dashboard for the metrics endpoint (`system { metrics }`).
+install -D -m 0644 "$packaging/river-dashboard.json" "$stage/usr/share/river/river-dashboard.json"
 
 # Man pages and completions, from the clap definitions the binaries parse.
 generated=$(mktemp -d)

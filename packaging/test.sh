@@ -189,7 +189,8 @@ for file in /lib/systemd/system/river.service /etc/logrotate.d/river /etc/defaul
     /usr/share/doc/river/copyright /usr/share/doc/river/changelog.Debian.gz \
     /usr/share/bash-completion/completions/river /usr/share/bash-completion/completions/riverctl \
     /usr/share/zsh/vendor-completions/_river /usr/share/zsh/vendor-completions/_riverctl \
-    /usr/share/fish/vendor_completions.d/river.fish /usr/share/fish/vendor_completions.d/riverctl.fish; do
+    /usr/share/fish/vendor_completions.d/river.fish /usr/share/fish/vendor_completions.d/riverctl.fish \
+    /usr/share/river/river-dashboard.json; do
     check "$file installed" test -f "$file"
 done
 check "man pages river.8.gz and riverctl.8.gz pass gzip -t" \
@@ -197,6 +198,8 @@ check "man pages river.8.gz and riverctl.8.gz pass gzip -t" \
 if command -v man >/dev/null; then
     check "man -l river.8.gz renders and documents --validate, not the worker subcommand" \
         sh -c 'out=$(MANWIDTH=100 man -l /usr/share/man/man8/river.8.gz 2>&1) && echo "$out" | grep -q -- "--validate" && ! echo "$out" | grep -qi "ipc-fd"'
+    check "man -l river.8.gz documents the metrics" \
+        sh -c 'MANWIDTH=100 man -l /usr/share/man/man8/river.8.gz 2>&1 | grep -q river_requests_total'
     check "man -l riverctl.8.gz renders and documents reload" \
         sh -c 'MANWIDTH=100 man -l /usr/share/man/man8/riverctl.8.gz 2>&1 | grep -q reload'
 fi

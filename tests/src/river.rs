@@ -37,6 +37,7 @@ pub struct River {
 impl River {
     /// Write a config whose `system` block has a pid file and control socket in
     /// the temp dir plus `system` lines, and whose `services` block is `services`.
+    /// `$DIR` in `system` stands for the temp dir.
     pub fn start(system: &str, services: &str) -> River {
         let river = Self::spawn(system, services);
         river.wait_log("generation serving", 1);
@@ -104,6 +105,11 @@ impl River {
 
     pub fn control_socket(&self) -> PathBuf {
         self.dir.path().join("river.sock")
+    }
+
+    /// The metrics listener of a config with `metrics "$DIR/metrics.sock"`.
+    pub fn metrics_socket(&self) -> String {
+        self.dir.path().join("metrics.sock").display().to_string()
     }
 
     /// Replace the config file (for a reload).
@@ -182,6 +188,7 @@ fn write_config(path: &Path, dir: &Path, system: &str, services: &str) {
     } else {
         "    threads-per-service 2\n"
     };
+    let system = system.replace("$DIR", &dir.display().to_string());
     let config = format!(
         "system {{\n    pid-file \"{dir}/river.pid\"\n    control-socket \"{dir}/river.sock\"\n{threads}{system}\n}}\nservices {{\n{services}\n}}\n",
         dir = dir.display()

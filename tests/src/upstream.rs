@@ -2,8 +2,9 @@
 //!
 //! Paths: `/slow/MS` answers after MS milliseconds; `/hold` answers once
 //! [`Upstream::release_held`] is called; `/headers` returns the request headers
-//! as the body; anything else returns `hello from NAME`. Every response carries
-//! `x-upstream: NAME`.
+//! as the body; `/status/NNN` answers status NNN with body `status NNN`;
+//! `/close` closes the connection without answering; anything else returns
+//! `hello from NAME`. Every response carries `x-upstream: NAME`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -132,7 +133,14 @@ fn serve(stream: TcpStream, name: &str, requests: &AtomicUsize, held: &(Mutex<bo
             return;
         }
         requests.fetch_add(1, Ordering::AcqRel);
-        let response_body = if let Some(ms) = path.strip_prefix("/slow/") {
+        if path == "/close" {
+            return;
+        }
+        let mut status = "200 OK".to_owned();
+        let response_body = if let Some(code) = path.strip_prefix("/status/") {
+            status = format!("{code} Status");
+            format!("status {code}")
+        } else if let Some(ms) = path.strip_prefix("/slow/") {
             std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(1000)));
             format!("slow hello from {name}")
         } else if path == "/hold" {
@@ -148,7 +156,7 @@ fn serve(stream: TcpStream, name: &str, requests: &AtomicUsize, held: &(Mutex<bo
             format!("hello from {name}")
         };
         let response = format!(
-            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\nx-upstream: {name}\r\nx-upstream-secret: s3cr3t\r\n\r\n{response_body}",
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\ncontent-type: text/plain\r\nx-upstream: {name}\r\nx-upstream-secret: s3cr3t\r\n\r\n{response_body}",
             response_body.len()
         );
         if writer.write_all(response.as_bytes()).is_err() || close {

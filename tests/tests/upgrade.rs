@@ -370,3 +370,22 @@ fn an_upgrade_and_a_reload_never_run_at_once() {
         200
     );
 }
+
+#[test]
+fn the_metrics_listener_moves_to_the_new_master() {
+    let metrics_port = free_port();
+    let system = format!("{SYSTEM}\n    metrics \"127.0.0.1:{metrics_port}\"");
+    let up = Upgradable::start(&system);
+    let old = up.master();
+    let scrape = || client::get(local(metrics_port), "/metrics");
+    assert_eq!(scrape().expect("scrape").status, 200);
+    assert!(up.upgrade(&[]).starts_with("upgraded: "));
+    river_tests::wait_gone("the old master", &[old], Duration::from_secs(15));
+    let answer = scrape().expect("scrape after the upgrade");
+    assert_eq!(answer.status, 200);
+    assert!(
+        answer.text().contains("river_generation"),
+        "{}",
+        answer.text()
+    );
+}

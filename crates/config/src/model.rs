@@ -42,6 +42,11 @@ pub struct System {
     pub listen_backlog: u32,
     /// One line per request; reopened on SIGUSR1. Default: none.
     pub access_log: Option<PathBuf>,
+    /// Where the master serves `GET /metrics` (Prometheus text format): a TCP
+    /// address or an absolute Unix socket path. Default: none (no listener).
+    /// Read at start, like `control-socket`.
+    #[serde(default)]
+    pub metrics: Option<ListenAddress>,
 }
 
 /// One entry of `services { NAME { ... } }`.

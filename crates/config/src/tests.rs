@@ -366,6 +366,7 @@ fn all_system_keys() {
     worker-startup-timeout-secs 5
     listen-backlog 128
     access-log "/var/log/river/access.log"
+    metrics "127.0.0.1:9091"
 }}
 {}"#,
         proxy("")
@@ -391,6 +392,66 @@ fn all_system_keys() {
         s.access_log,
         Some(PathBuf::from("/var/log/river/access.log"))
     );
+    assert_eq!(
+        s.metrics,
+        Some(ListenAddress::Tcp("127.0.0.1:9091".parse().unwrap()))
+    );
+}
+
+#[test]
+fn metrics_listener_addresses() {
+    let metrics = |value: &str| {
+        ok(&format!(
+            "system {{\n    metrics \"{value}\"\n}}\n{}",
+            proxy("")
+        ))
+        .system
+        .metrics
+    };
+    assert_eq!(
+        ok(&proxy("")).system.metrics,
+        None,
+        "no listener by default"
+    );
+    assert_eq!(
+        metrics("[::1]:9091"),
+        Some(ListenAddress::Tcp("[::1]:9091".parse().unwrap()))
+    );
+    assert_eq!(
+        metrics("/run/river/metrics.sock"),
+        Some(ListenAddress::Unix(PathBuf::from(
+            "/run/river/metrics.sock"
+        )))
+    );
+}
+
+#[test]
+fn metrics_listener_errors() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "metrics \"localhost:9091\"",
+            "\"localhost:9091\"",
+            "invalid `metrics` address",
+        ),
+        ("metrics \"9091\"", "\"9091\"", "invalid `metrics` address"),
+        (
+            "metrics \"metrics.sock\"",
+            "\"metrics.sock\"",
+            "invalid `metrics` address",
+        ),
+        ("metrics 9091", "9091", "must be a string"),
+        ("metrics \"\"", "\"\"", "must not be empty"),
+    ];
+    for (line, at, msg) in cases {
+        let src = format!("system {{\n    {line}\n}}\n{}", proxy(""));
+        let (l, c) = pos(&src[9..], at);
+        assert_error_at_pos(&src, l + 1, c, msg);
+    }
+    // The metrics listener may not share a service's address.
+    let src = "system {\n    metrics \"0.0.0.0:8080\"\n}\nservices {\n    S {\n        listeners { \"127.0.0.1:8080\" }\n        connectors { \"127.0.0.1:8000\" }\n    }\n}\n";
+    let e = assert_error_at_pos(src, 2, 13, "clashes with listener `127.0.0.1:8080`");
+    let report = e.to_string();
+    assert!(report.contains("service `S` listens there"), "{report}");
 }
 
 #[test]

@@ -87,7 +87,14 @@ pub fn generate(out: &Path) -> anyhow::Result<Generated> {
     let riverctl = riverctl_command();
 
     let river_see_also = "riverctl(8), nginx(8)";
-    write_man(&man_dir, "river", &river, river_see_also, &mut generated)?;
+    write_man(
+        &man_dir,
+        "river",
+        &river,
+        &metrics_section(),
+        river_see_also,
+        &mut generated,
+    )?;
 
     let subcommands: Vec<String> = riverctl
         .get_subcommands()
@@ -99,6 +106,7 @@ pub fn generate(out: &Path) -> anyhow::Result<Generated> {
         &man_dir,
         "riverctl",
         &riverctl,
+        "",
         &riverctl_see_also,
         &mut generated,
     )?;
@@ -121,6 +129,7 @@ pub fn generate(out: &Path) -> anyhow::Result<Generated> {
             &man_dir,
             &name,
             &page,
+            "",
             "riverctl(8), river(8)",
             &mut generated,
         )?;
@@ -143,10 +152,50 @@ pub fn generate(out: &Path) -> anyhow::Result<Generated> {
     Ok(generated)
 }
 
+/// Escape text for roff: backslashes and hyphens (which would be hyphenated
+/// or taken for minus signs), and a leading dot or quote.
+fn roff(text: &str) -> String {
+    let escaped = text.replace('\\', "\\e").replace('-', "\\-");
+    match escaped.chars().next() {
+        Some('.') | Some('\'') => format!("\\&{escaped}"),
+        _ => escaped,
+    }
+}
+
+/// river(8)'s METRICS section, from the list the master exports
+/// (`river::metrics::names::ALL`), so the page cannot miss a metric.
+pub fn metrics_section() -> String {
+    let mut out = String::from(".SH METRICS\n");
+    out += &roff(
+        "With system { metrics \"127.0.0.1:9091\" } (or an absolute Unix socket path) the master \
+answers GET /metrics in the Prometheus text format (text/plain; version=0.0.4); any other path \
+gets 404. The master serves it, not a worker, so it answers while generations start, drain or \
+crash. Counters never go backwards: a worker's counts are folded into the master's totals when \
+it exits. A Grafana dashboard is installed as /usr/share/river/river-dashboard.json.",
+    );
+    out += "\n";
+    for family in river::metrics::names::ALL {
+        let labels = if family.labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{}}}", family.labels.join(","))
+        };
+        out += &format!(
+            ".TP\n\\fB{}\\fR{} ({})\n{}\n",
+            roff(family.name),
+            roff(&labels),
+            family.kind.as_str(),
+            roff(family.help)
+        );
+    }
+    out
+}
+
 fn write_man(
     dir: &Path,
     name: &str,
     cmd: &Command,
+    sections: &str,
     see_also: &str,
     generated: &mut Generated,
 ) -> anyhow::Result<()> {
@@ -166,6 +215,7 @@ fn write_man(
     let mut buffer = Vec::new();
     man.render(&mut buffer)
         .with_context(|| format!("cannot render {name}.{SECTION}"))?;
+    buffer.extend_from_slice(sections.as_bytes());
     // clap_mangen has no SEE ALSO section of its own.
     buffer.extend_from_slice(format!(".SH \"SEE ALSO\"\n{see_also}\n").as_bytes());
     let path = dir.join(format!("{name}.{SECTION}"));
@@ -243,6 +293,16 @@ mod tests {
             !river.contains("SUBCOMMANDS"),
             "river.8 lists subcommands:\n{river}"
         );
+
+        for family in river::metrics::names::ALL {
+            assert!(
+                river.contains(&format!(r"\fB{}\fR", family.name.replace('-', r"\-"))),
+                "river.8 lacks {}",
+                family.name
+            );
+        }
+        assert!(river.contains(".SH METRICS\n"), "{river}");
+        assert!(river.contains(r"text/plain; version=0.0.4"), "{river}");
 
         let riverctl = page(dir.path(), "riverctl.8");
         assert!(

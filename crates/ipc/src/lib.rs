@@ -1,10 +1,12 @@
 //! River's process protocol: the messages ([`messages`]), their wire format
-//! ([`frame`]) and the transport over Unix sockets with SCM_RIGHTS ([`channel`]).
+//! ([`frame`]), the transport over Unix sockets with SCM_RIGHTS ([`channel`]),
+//! and the shared-memory stats board ([`stats`]).
 
 pub mod channel;
 mod error;
 pub mod frame;
 pub mod messages;
+pub mod stats;
 
 pub use channel::{request_blocking, socketpair, Channel};
 pub use error::IpcError;

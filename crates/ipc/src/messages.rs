@@ -40,6 +40,11 @@ pub struct Hello {
     /// memfd of `workers × BALANCE_SLOT_BYTES` bytes, one open-connection
     /// counter per worker slot, which workers use to spread accepts.
     pub balance: bool,
+    /// True when the frame carries, after the balance board if any, the
+    /// generation's stats board (see [`crate::stats`]): a memfd laid out as
+    /// `StatsLayout::of(&config)`, where the worker counts its requests.
+    #[serde(default)]
+    pub stats: bool,
 }
 
 /// Bytes per worker slot of a balance board: a cache line, so that workers'
@@ -110,6 +115,8 @@ pub enum ControlRequest {
     Upgrade {
         binary: Option<std::path::PathBuf>,
     },
+    /// The reload history (`riverctl history`).
+    History,
 }
 
 /// master -> riverctl.
@@ -139,6 +146,8 @@ pub enum ControlResponse {
     /// A request that needs no more answer than "done" (stop, reopen-logs, reload without wait).
     Accepted,
     Status(StatusReport),
+    /// The last reloads, oldest first.
+    History(Vec<ReloadRecord>),
     /// The request could not be served (refused peer, malformed request).
     Error {
         message: String,
@@ -156,6 +165,9 @@ pub struct StatusReport {
     /// generations, as they last reported themselves.
     #[serde(default)]
     pub retiring: Vec<MasterStatus>,
+    /// The last few reloads, oldest first (`riverctl history` has them all).
+    #[serde(default)]
+    pub reloads: Vec<ReloadRecord>,
 }
 
 /// Which River a master is.
@@ -223,4 +235,131 @@ pub struct WorkerStatus {
     pub pid: u32,
     pub rss_bytes: u64,
     pub connections: u64,
+}
+
+/// One reload as the master remembers it (the last 50 are kept).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadRecord {
+    /// Counts reloads since the master started, from 1.
+    pub number: u64,
+    pub trigger: ReloadTrigger,
+    /// Wall-clock start, seconds since the Unix epoch.
+    pub started_unix_secs: f64,
+    pub outcome: ReloadOutcome,
+    /// The generation it started, if it got that far.
+    pub generation: Option<u64>,
+    /// The generation it retired (the one serving before), on success.
+    pub retired: Option<u64>,
+    pub phases: ReloadPhases,
+    /// From the request to the outcome.
+    pub duration_ms: Option<f64>,
+    /// Why it was rejected or rolled back.
+    pub error: Option<String>,
+    /// How the retired generation's drain ended, once it has.
+    pub drain: Option<DrainResult>,
+}
+
+/// What asked for a reload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "by", rename_all = "lowercase")]
+pub enum ReloadTrigger {
+    /// SIGHUP to the master.
+    Sighup,
+    /// `riverctl reload`, from a process of this uid and pid.
+    Riverctl { uid: u32, pid: u32 },
+    /// `riverctl reload` started by systemd (`ExecReload`, its parent is pid 1).
+    Systemd { uid: u32, pid: u32 },
+}
+
+impl std::fmt::Display for ReloadTrigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadTrigger::Sighup => write!(f, "SIGHUP"),
+            ReloadTrigger::Riverctl { uid, pid } => write!(f, "riverctl (uid {uid}, pid {pid})"),
+            ReloadTrigger::Systemd { uid, .. } => write!(f, "systemd (uid {uid})"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReloadOutcome {
+    InProgress,
+    /// The new generation serves.
+    Ok,
+    /// Refused before any worker started: invalid config, or a listener,
+    /// certificate or log file that could not be opened.
+    Rejected,
+    /// Workers started but failed or were not ready in time; the serving
+    /// generation is unchanged.
+    RolledBack,
+}
+
+impl ReloadOutcome {
+    /// As in the `outcome` label of `river_reloads_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadOutcome::InProgress => "in_progress",
+            ReloadOutcome::Ok => "ok",
+            ReloadOutcome::Rejected => "rejected",
+            ReloadOutcome::RolledBack => "rolled_back",
+        }
+    }
+}
+
+/// How long each phase of a reload took, in milliseconds; None if the reload
+/// did not reach it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReloadPhases {
+    /// Reading and validating the config, binding new listeners, reading TLS files.
+    pub validate_ms: Option<f64>,
+    /// Waiting for draining generations killed by `max-draining-generations`
+    /// to exit before starting (0 when none had to be).
+    pub room_ms: Option<f64>,
+    /// Starting the workers and handing them their sockets.
+    pub spawn_ms: Option<f64>,
+    /// Until every new worker said it was ready.
+    pub ready_ms: Option<f64>,
+    /// Until the retired generation's workers stopped accepting.
+    pub drain_start_ms: Option<f64>,
+}
+
+/// How a retired generation's drain ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrainResult {
+    /// From the start of its drain until its last worker exited.
+    pub seconds: f64,
+    /// Connections open when it was killed (0 if it drained by itself).
+    pub connections_cut: u64,
+    /// The rule that killed it, if one did.
+    pub killed_by: Option<KillReason>,
+}
+
+/// Why the master killed a draining generation: the `reason` label of
+/// `river_draining_connections_cut_total` and `river_draining_workers_killed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KillReason {
+    /// `drain-timeout-secs` reached (also a graceful shutdown's deadline).
+    Deadline,
+    /// `max-draining-generations`: making room for a new generation.
+    GenerationCap,
+    /// `draining-memory-limit-mb` exceeded.
+    Memory,
+}
+
+impl KillReason {
+    pub const ALL: [KillReason; 3] = [
+        KillReason::Deadline,
+        KillReason::GenerationCap,
+        KillReason::Memory,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KillReason::Deadline => "deadline",
+            KillReason::GenerationCap => "generation_cap",
+            KillReason::Memory => "memory",
+        }
+    }
 }

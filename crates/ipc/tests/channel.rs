@@ -61,6 +61,7 @@ fn sample_config() -> Config {
             worker_startup_timeout_secs: 10,
             listen_backlog: 4096,
             access_log: None,
+            metrics: None,
         },
         services: vec![
             Service {
@@ -168,6 +169,7 @@ async fn every_message_round_trips() {
         }],
         access_log: true,
         balance: false,
+        stats: true,
     }));
     for msg in [
         hello,
@@ -194,9 +196,32 @@ async fn every_message_round_trips() {
         ControlRequest::Status,
         ControlRequest::Stop { graceful: true },
         ControlRequest::ReopenLogs,
+        ControlRequest::History,
     ] {
         round_trip(&worker, &master, &msg).await;
     }
+    let record = ReloadRecord {
+        number: 3,
+        trigger: ReloadTrigger::Riverctl { uid: 0, pid: 77 },
+        started_unix_secs: 1.8e9,
+        outcome: ReloadOutcome::Ok,
+        generation: Some(4),
+        retired: Some(3),
+        phases: ReloadPhases {
+            validate_ms: Some(1.5),
+            room_ms: Some(0.0),
+            spawn_ms: Some(3.0),
+            ready_ms: Some(40.0),
+            drain_start_ms: None,
+        },
+        duration_ms: Some(44.5),
+        error: None,
+        drain: Some(DrainResult {
+            seconds: 1.0,
+            connections_cut: 2,
+            killed_by: Some(KillReason::Deadline),
+        }),
+    };
     let status = StatusReport {
         master_pid: 1,
         master: river_ipc::MasterIdentity {
@@ -223,6 +248,7 @@ async fn every_message_round_trips() {
                 drain_deadline_secs: Some(12),
             },
         ],
+        reloads: vec![record.clone()],
     };
     for msg in [
         ControlResponse::Reloaded {
@@ -235,6 +261,15 @@ async fn every_message_round_trips() {
         },
         ControlResponse::Accepted,
         ControlResponse::Status(status),
+        ControlResponse::History(vec![
+            record.clone(),
+            ReloadRecord {
+                trigger: ReloadTrigger::Sighup,
+                outcome: ReloadOutcome::Rejected,
+                error: Some("line 3: \"bad\"".into()),
+                ..record
+            },
+        ]),
         ControlResponse::Error {
             message: "bad".into(),
         },

@@ -8,7 +8,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use std::path::{Path, PathBuf};
 
-use river_ipc::{Channel, ControlRequest, ControlResponse};
+use river_ipc::{Channel, ControlRequest, ControlResponse, ReloadTrigger};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -234,6 +234,7 @@ async fn handle(
     commands: mpsc::UnboundedSender<Command>,
 ) -> Result<(), river_ipc::IpcError> {
     let allowed = peer_allowed(&stream);
+    let trigger = trigger(&stream);
     let channel =
         Channel::with_max_frame_len(OwnedFd::from(stream.into_std()?), MAX_REQUEST_BYTES)?;
     // Read the request before answering, even a refusal: a client still
@@ -270,18 +271,29 @@ async fn handle(
     let response = match request {
         ControlRequest::Reload { wait: true } => {
             let (reply, answer) = oneshot::channel();
-            let sent = commands.send(Command::Reload { reply: Some(reply) });
+            let sent = commands.send(Command::Reload {
+                reply: Some(reply),
+                trigger,
+            });
             match sent {
                 Ok(()) => answer.await.unwrap_or_else(|_| gone()),
                 Err(_) => gone(),
             }
         }
-        ControlRequest::Reload { wait: false } => {
-            ack(commands.send(Command::Reload { reply: None }))
-        }
+        ControlRequest::Reload { wait: false } => ack(commands.send(Command::Reload {
+            reply: None,
+            trigger,
+        })),
         ControlRequest::Status => {
             let (reply, answer) = oneshot::channel();
             match commands.send(Command::Status { reply }) {
+                Ok(()) => answer.await.unwrap_or_else(|_| gone()),
+                Err(_) => gone(),
+            }
+        }
+        ControlRequest::History => {
+            let (reply, answer) = oneshot::channel();
+            match commands.send(Command::History { reply }) {
                 Ok(()) => answer.await.unwrap_or_else(|_| gone()),
                 Err(_) => gone(),
             }
@@ -312,6 +324,32 @@ fn gave_up(channel: &Channel) -> bool {
         ),
         Ok(0)
     )
+}
+
+/// Who asks, for the reload history: riverctl's uid and pid, and whether
+/// systemd started it (`ExecReload`: its parent is pid 1).
+fn trigger(stream: &UnixStream) -> ReloadTrigger {
+    let Ok(cred) = stream.peer_cred() else {
+        return ReloadTrigger::Riverctl { uid: 0, pid: 0 };
+    };
+    let uid = cred.uid();
+    let pid = cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
+    if pid != 0 && parent_of(pid) == Some(1) {
+        ReloadTrigger::Systemd { uid, pid }
+    } else {
+        ReloadTrigger::Riverctl { uid, pid }
+    }
+}
+
+/// The parent pid of `pid`, from /proc/PID/stat.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: split after the last ')'.
+    stat.get(stat.rfind(')')? + 2..)?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn ack<T>(sent: Result<(), mpsc::error::SendError<T>>) -> ControlResponse {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use river_config::{Config, ListenAddress};
+use river_ipc::stats::{StatsBoard, StatsLayout};
 use river_ipc::TlsMaterial;
 
 use crate::listeners::{ListenerSet, SharedSocket};
@@ -26,6 +27,8 @@ pub enum InputError {
     NotPem { path: PathBuf },
     #[error("cannot create the connection balance board: {0}")]
     BalanceBoard(std::io::Error),
+    #[error("cannot create the stats board: {0}")]
+    StatsBoard(river_ipc::stats::StatsError),
     #[error("cannot open access log {}: {source}", path.display())]
     AccessLog {
         path: PathBuf,
@@ -41,6 +44,10 @@ pub struct GenerationInputs {
     /// Shared by the generation's workers to spread connections (see
     /// river_worker's `balance`); none with a single worker.
     pub balance: Option<Arc<OwnedFd>>,
+    /// Where the generation's workers count their requests (metrics): the
+    /// master's mapping, and the memfd each worker maps.
+    pub stats: Arc<StatsBoard>,
+    pub stats_fd: Arc<OwnedFd>,
 }
 
 impl GenerationInputs {
@@ -54,6 +61,8 @@ impl GenerationInputs {
                 river_ipc::balance_board(workers).map_err(InputError::BalanceBoard)?,
             )),
         };
+        let (stats, stats_fd) =
+            StatsBoard::create(StatsLayout::of(&config)).map_err(InputError::StatsBoard)?;
         let sockets = listeners.prepare(&config)?;
         Ok(GenerationInputs {
             config: Arc::new(config),
@@ -61,6 +70,8 @@ impl GenerationInputs {
             tls,
             access_log,
             balance,
+            stats,
+            stats_fd: Arc::new(stats_fd),
         })
     }
 

@@ -8,6 +8,7 @@ mod config_source;
 mod control;
 mod inputs;
 mod listeners;
+pub mod metrics;
 mod notify;
 mod pidfile;
 mod process;
@@ -124,6 +125,14 @@ fn run_first_master(
     let listeners = listeners::ListenerSet::default();
     let first = inputs::GenerationInputs::prepare(config, &listeners)
         .map_err(|err| anyhow::anyhow!("{err}"))?;
+    let metrics = system
+        .metrics
+        .as_ref()
+        .map(|address| {
+            metrics::http::MetricsListener::bind(address)
+                .with_context(|| format!("cannot bind the metrics listener {address}"))
+        })
+        .transpose()?;
     if cli.daemonize || system.daemonize {
         // Before any runtime or thread exists. Paths are absolute by now.
         nix::unistd::daemon(true, false).context("daemonize")?;
@@ -131,6 +140,8 @@ fn run_first_master(
     let pid_file = pid_lock.map(pidfile::PidLock::write).transpose()?;
     serve(source, listeners, first, |commands| supervisor::Setup {
         invocation,
+        metrics: metrics
+            .map(|listener| metrics::http::MetricsService::new(listener, commands.clone())),
         control: control.map(|socket| control::Control::new(socket, commands)),
         pid_file,
         takeover: None,
@@ -155,6 +166,17 @@ fn run_new_master(
         (Some(path), None) => Some(control::ControlSocket::bind(path)?),
         (None, _) => None,
     };
+    // The old master's metrics socket, if the address is still the same.
+    let metrics = match (&system.metrics, inheritance.metrics) {
+        (Some(address), Some((inherited, fd))) if *address == inherited => {
+            Some(metrics::http::MetricsListener::inherited(address, fd)?)
+        }
+        (Some(address), _) => Some(
+            metrics::http::MetricsListener::bind(address)
+                .with_context(|| format!("cannot bind the metrics listener {address}"))?,
+        ),
+        (None, _) => None,
+    };
     let listeners = listeners::ListenerSet::inherited(inheritance.listeners);
     let first = inputs::GenerationInputs::prepare(config, &listeners)
         .map_err(|err| anyhow::anyhow!("{err}"))?;
@@ -167,6 +189,8 @@ fn run_new_master(
     serve(source, listeners, first, move |commands| {
         supervisor::Setup {
             invocation,
+            metrics: metrics
+                .map(|listener| metrics::http::MetricsService::new(listener, commands.clone())),
             control: control.map(|socket| control::Control::new(socket, commands)),
             pid_file: None,
             takeover: Some(supervisor::Takeover {

@@ -150,6 +150,7 @@ pub fn spawn_worker(
         tls: inputs.tls.clone(),
         access_log: inputs.access_log.is_some(),
         balance: inputs.balance.is_some(),
+        stats: true,
     };
     let mut files: Vec<Arc<OwnedFd>> = inputs
         .sockets
@@ -159,7 +160,9 @@ pub fn spawn_worker(
     if let Some(log) = &inputs.access_log {
         files.push(Arc::new(OwnedFd::from(log.try_clone()?)));
     }
+    // The order Hello documents: listeners, access log, balance board, stats board.
     files.extend(inputs.balance.clone());
+    files.push(inputs.stats_fd.clone());
     tokio::spawn(watch(
         WorkerIdentity {
             generation,

@@ -58,6 +58,9 @@ struct Description {
     control: Option<RawFd>,
     /// Listening sockets by address.
     listeners: Vec<(ListenAddress, RawFd)>,
+    /// The metrics listener and its address, if there is one.
+    #[serde(default)]
+    metrics: Option<(ListenAddress, RawFd)>,
     /// Number for the new master's first generation (numbers continue, so
     /// logs never show two generations with one number).
     next_generation: u64,
@@ -69,6 +72,7 @@ struct Description {
 pub struct Inheritance {
     pub link: OwnedFd,
     pub control: Option<OwnedFd>,
+    pub metrics: Option<(ListenAddress, OwnedFd)>,
     pub listeners: BTreeMap<ListenAddress, SharedSocket>,
     pub next_generation: u64,
     pub old_pid: u32,
@@ -94,6 +98,10 @@ impl Inheritance {
             .control
             .map(|fd| adopt(fd, "control socket", true))
             .transpose()?;
+        let metrics = description
+            .metrics
+            .map(|(address, fd)| adopt(fd, "metrics listener", true).map(|fd| (address, fd)))
+            .transpose()?;
         let mut listeners = BTreeMap::new();
         for (address, fd) in description.listeners {
             let socket = adopt(fd, &format!("listener {address}"), true)?;
@@ -102,6 +110,7 @@ impl Inheritance {
         Ok(Some(Inheritance {
             link,
             control,
+            metrics,
             listeners,
             next_generation: description.next_generation.max(1),
             old_pid: description.old_pid,
@@ -166,6 +175,7 @@ pub struct Handover<'a> {
     pub binary: &'a Path,
     pub invocation: &'a Invocation,
     pub control: Option<RawFd>,
+    pub metrics: Option<(ListenAddress, RawFd)>,
     pub listeners: Vec<(ListenAddress, SharedSocket)>,
     pub next_generation: u64,
 }
@@ -184,6 +194,7 @@ pub fn spawn_new_master(
             .iter()
             .map(|(address, socket)| (address.clone(), socket.as_raw_fd()))
             .collect(),
+        metrics: handover.metrics,
         next_generation: handover.next_generation,
         old_pid: std::process::id(),
     };
@@ -191,6 +202,7 @@ pub fn spawn_new_master(
         .map_err(|err| UpgradeError::Description(err.to_string()))?;
     let mut inherited: Vec<RawFd> = vec![description.link];
     inherited.extend(description.control);
+    inherited.extend(description.metrics.as_ref().map(|(_, fd)| *fd));
     inherited.extend(description.listeners.iter().map(|(_, fd)| *fd));
 
     let invocation = handover.invocation;

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand};
-use river_ipc::{ControlRequest, ControlResponse, GenerationState, StatusReport};
+use river_ipc::{
+    ControlRequest, ControlResponse, GenerationState, ReloadOutcome, ReloadRecord, StatusReport,
+};
 
 const DEFAULT_CONFIG: &str = "/etc/river/river.kdl";
 const DEFAULT_SOCKET: &str = "/run/river/river.sock";
@@ -40,8 +42,14 @@ pub enum Command {
         #[arg(long, default_value_t = 120)]
         timeout: u64,
     },
-    /// Show the master, its generations and their workers
+    /// Show the master, its generations and their workers, and the last 5 reloads
     Status {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the last 50 reloads: trigger, outcome, phase durations, error, drain result
+    History {
         /// Machine-readable output
         #[arg(long)]
         json: bool,
@@ -84,6 +92,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check => return Ok(check(cli.config.as_deref())),
         Command::Reload { no_wait, .. } => ControlRequest::Reload { wait: !no_wait },
         Command::Status { .. } => ControlRequest::Status,
+        Command::History { .. } => ControlRequest::History,
         Command::Stop { graceful } => ControlRequest::Stop { graceful },
         Command::ReopenLogs => ControlRequest::ReopenLogs,
         Command::Upgrade { ref binary, .. } => ControlRequest::Upgrade {
@@ -155,6 +164,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             ExitCode::SUCCESS
         }
+        ControlResponse::History(records) => {
+            match cli.command {
+                Command::History { json: true } => {
+                    println!("{}", serde_json::to_string_pretty(&records)?)
+                }
+                _ => print!("{}", render_history(&records)),
+            }
+            ExitCode::SUCCESS
+        }
         ControlResponse::Error { message } => return Err(anyhow!(message)),
     })
 }
@@ -214,6 +232,10 @@ fn render_status(report: &StatusReport) -> String {
         );
         render_generations(&mut out, &retiring.generations);
     }
+    if !report.reloads.is_empty() {
+        out += "last reloads:\n";
+        out += &render_history(&report.reloads);
+    }
     out
 }
 
@@ -237,5 +259,136 @@ fn render_generations(out: &mut String, generations: &[river_ipc::GenerationStat
                 worker.connections
             );
         }
+    }
+}
+
+/// One line per reload, then its error or drain result, indented.
+fn render_history(records: &[ReloadRecord]) -> String {
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+    let mut out = String::new();
+    for r in records {
+        let outcome = match r.outcome {
+            ReloadOutcome::InProgress => "in progress",
+            ReloadOutcome::Ok => "ok",
+            ReloadOutcome::Rejected => "rejected",
+            ReloadOutcome::RolledBack => "rolled back",
+        };
+        out += &format!(
+            "  #{:<3} {} {outcome:<11} by {}",
+            r.number,
+            utc(r.started_unix_secs),
+            r.trigger
+        );
+        if let Some(generation) = r.generation {
+            out += &format!(", generation {generation}");
+        }
+        if let Some(retired) = r.retired {
+            out += &format!(" (retired {retired})");
+        }
+        let p = &r.phases;
+        out += &format!(
+            "; {} ms (validate {}, room {}, spawn {}, ready {}, drain start {})\n",
+            ms(r.duration_ms),
+            ms(p.validate_ms),
+            ms(p.room_ms),
+            ms(p.spawn_ms),
+            ms(p.ready_ms),
+            ms(p.drain_start_ms),
+        );
+        if let Some(error) = &r.error {
+            let first = error.lines().next().unwrap_or_default();
+            out += &format!("       error: {first}\n");
+        }
+        if let Some(drain) = &r.drain {
+            out += &format!("       drained in {:.1} s", drain.seconds);
+            match drain.killed_by {
+                Some(reason) => {
+                    out += &format!(
+                        ", killed by {}: {} connections cut\n",
+                        reason.as_str(),
+                        drain.connections_cut
+                    )
+                }
+                None => out += "\n",
+            }
+        }
+    }
+    out
+}
+
+/// `YYYY-MM-DD HH:MM:SS` UTC of a Unix time.
+fn utc(unix_secs: f64) -> String {
+    let secs = unix_secs.max(0.0) as i64;
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use river_ipc::{DrainResult, KillReason, ReloadPhases, ReloadTrigger};
+
+    #[test]
+    fn history_lines() {
+        assert_eq!(utc(0.0), "1970-01-01 00:00:00");
+        assert_eq!(utc(1_772_582_400.5), "2026-03-04 00:00:00");
+        let record = ReloadRecord {
+            number: 2,
+            trigger: ReloadTrigger::Riverctl { uid: 0, pid: 42 },
+            started_unix_secs: 0.0,
+            outcome: ReloadOutcome::Ok,
+            generation: Some(3),
+            retired: Some(2),
+            phases: ReloadPhases {
+                validate_ms: Some(1.25),
+                room_ms: Some(0.0),
+                spawn_ms: Some(2.0),
+                ready_ms: Some(30.0),
+                drain_start_ms: Some(3.0),
+            },
+            duration_ms: Some(33.3),
+            error: None,
+            drain: Some(DrainResult {
+                seconds: 1.0,
+                connections_cut: 4,
+                killed_by: Some(KillReason::Deadline),
+            }),
+        };
+        let rejected = ReloadRecord {
+            number: 3,
+            trigger: ReloadTrigger::Sighup,
+            outcome: ReloadOutcome::Rejected,
+            generation: None,
+            retired: None,
+            error: Some("error: bad\nmore".into()),
+            drain: None,
+            ..record.clone()
+        };
+        let text = render_history(&[record, rejected]);
+        assert!(text.contains("#2   1970-01-01 00:00:00 ok          by riverctl (uid 0, pid 42), generation 3 (retired 2); 33.3 ms (validate 1.2, room 0.0, spawn 2.0, ready 30.0, drain start 3.0)"), "{text}");
+        assert!(
+            text.contains("drained in 1.0 s, killed by deadline: 4 connections cut"),
+            "{text}"
+        );
+        assert!(
+            text.contains("#3   1970-01-01 00:00:00 rejected    by SIGHUP;"),
+            "{text}"
+        );
+        assert!(text.contains("error: error: bad\n"), "{text}");
     }
 }

@@ -21,6 +21,7 @@ use crate::filters::{apply_all, compile_all, CompiledHeaderFilter, FilterError, 
 use crate::h1_proxy::Forwarder;
 use crate::rate_limit::{RateLimitError, RateLimiter};
 use crate::respond::{respond, respond_status, status_body};
+use crate::stats::{connect_error_kind, exchange_error_kind, ServiceStats};
 use crate::upstreams::{peer, UpstreamError, Upstreams};
 
 /// One configured service, built once per generation.
@@ -28,6 +29,7 @@ pub struct RiverApp {
     name: String,
     logic: Logic,
     access_log: Option<AccessLog>,
+    stats: ServiceStats,
 }
 
 enum Logic {
@@ -42,6 +44,8 @@ pub(crate) struct Proxy {
     rate_limiter: RateLimiter,
     upstream_request: Vec<CompiledHeaderFilter>,
     upstream_response: Vec<CompiledHeaderFilter>,
+    /// This service's counters (metrics), also for the fast path.
+    pub(crate) stats: ServiceStats,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,10 +87,14 @@ pub struct RequestCtx {
 impl RiverApp {
     /// Build `service`; must run inside the worker's runtime (health checks
     /// are spawned on it).
-    pub fn build(service: &Service, access_log: Option<AccessLog>) -> Result<Self, BuildError> {
+    pub fn build(
+        service: &Service,
+        access_log: Option<AccessLog>,
+        stats: ServiceStats,
+    ) -> Result<Self, BuildError> {
         let logic = match &service.kind {
             ServiceKind::Proxy(proxy) => {
-                Logic::Proxy(Arc::new(Proxy::build(&service.name, proxy)?))
+                Logic::Proxy(Arc::new(Proxy::build(&service.name, proxy, stats.clone())?))
             }
             ServiceKind::WelcomePage => Logic::Static(Bytes::from(crate::welcome::page())),
             ServiceKind::FileServer(files) => {
@@ -103,6 +111,7 @@ impl RiverApp {
             name: service.name.clone(),
             logic,
             access_log,
+            stats,
         })
     }
 
@@ -129,18 +138,22 @@ impl RiverApp {
 }
 
 impl Proxy {
-    fn build(service: &str, config: &ProxyService) -> Result<Self, BuildError> {
+    fn build(
+        service: &str,
+        config: &ProxyService,
+        stats: ServiceStats,
+    ) -> Result<Self, BuildError> {
         let filter_error = |source| BuildError::Filter {
             service: service.to_owned(),
             source,
         };
         let upstreams = Arc::new(
-            Upstreams::build(&config.upstreams, &config.load_balance).map_err(|source| {
-                BuildError::Upstreams {
+            Upstreams::build(&config.upstreams, &config.load_balance, stats.clone()).map_err(
+                |source| BuildError::Upstreams {
                     service: service.to_owned(),
                     source,
-                }
-            })?,
+                },
+            )?,
         );
         upstreams.spawn_health_checks();
         let blocked = CidrBlocklist::new(config.path_control.request_filters.iter().flat_map(
@@ -161,6 +174,7 @@ impl Proxy {
                 .map_err(filter_error)?,
             upstream_response: compile_all(&config.path_control.upstream_response)
                 .map_err(filter_error)?,
+            stats,
         })
     }
 
@@ -168,9 +182,11 @@ impl Proxy {
     pub(crate) fn admission(&self, client: Option<IpAddr>, path: &str) -> Option<u16> {
         // River answers 400 to blocked clients; 403 says what happened.
         if client.is_some_and(|ip| self.blocked.blocks(ip)) {
+            self.stats.blocked(); // metrics: river_blocked_total
             return Some(403);
         }
         if !self.rate_limiter.is_empty() && !self.rate_limiter.admit(client, path) {
+            self.stats.rate_limited(); // metrics: river_rate_limited_total
             return Some(429);
         }
         None
@@ -248,6 +264,8 @@ impl ProxyHttp for RiverApp {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        // metrics: river_upstream_errors_total, every failed attempt
+        self.stats.upstream_error(connect_error_kind(&e));
         // Nothing was sent yet, so any request may go to another upstream.
         if let (Logic::Proxy(proxy), Some(failed)) = (&self.logic, ctx.upstream) {
             ctx.tried.push(failed);
@@ -339,7 +357,21 @@ impl ProxyHttp for RiverApp {
         Ok(())
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let bytes_sent = session.as_downstream().body_bytes_sent();
+        let duration = ctx.started.elapsed();
+        // metrics: river_requests_total, river_request_duration_seconds,
+        // river_bytes_*_total, river_upstream_errors_total (after connecting)
+        if let Some(kind) = e.and_then(exchange_error_kind) {
+            self.stats.upstream_error(kind);
+        }
+        self.stats.request_done(
+            status,
+            duration,
+            session.as_downstream().body_bytes_read() as u64,
+            bytes_sent as u64,
+        );
         let Some(log) = &self.access_log else {
             return;
         };
@@ -349,10 +381,10 @@ impl ProxyHttp for RiverApp {
             client: client_ip(session),
             method: request.method.as_str(),
             path: request.uri.path(),
-            status: session.response_written().map_or(0, |r| r.status.as_u16()),
-            bytes_sent: session.as_downstream().body_bytes_sent(),
+            status,
+            bytes_sent,
             upstream: upstream.as_deref(),
-            duration: ctx.started.elapsed(),
+            duration,
         });
     }
 }

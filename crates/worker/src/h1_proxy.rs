@@ -36,6 +36,7 @@ use crate::chunked::ChunkedScanner;
 use crate::filters::HeaderPlan;
 use crate::respond::{reason, status_body};
 use crate::rewind::Rewind;
+use crate::stats::UpstreamErrorKind;
 use crate::upstreams::CONNECT_TIMEOUT;
 
 /// Requests with more header lines go to pingora (which allows more, or
@@ -171,7 +172,7 @@ enum Failure {
     /// closed it meanwhile; the request may go again on a new connection.
     Stale,
     /// The upstream failed before the response head was sent on: 502.
-    Upstream(String),
+    Upstream(UpstreamErrorKind, String),
     /// The client went away, or the response broke off after its head was
     /// sent: the connection closes.
     Abort,
@@ -245,6 +246,15 @@ impl Forwarder {
             let started = Instant::now();
             c.buf.advance(request.head_len);
             let outcome = self.handle(&mut c, &request, shutdown).await;
+            let duration = started.elapsed();
+            // metrics: river_requests_total, river_request_duration_seconds,
+            // river_bytes_*_total (the body counts as received once forwarded)
+            self.proxy.stats.request_done(
+                outcome.status,
+                duration,
+                outcome.upstream.map_or(0, |_| request.body_len),
+                outcome.bytes_sent as u64,
+            );
             if let Some(log) = &self.access_log {
                 let upstream = outcome.upstream.map(|a| a.to_string());
                 log.log(&Entry {
@@ -254,7 +264,7 @@ impl Forwarder {
                     status: outcome.status,
                     bytes_sent: outcome.bytes_sent,
                     upstream: upstream.as_deref(),
-                    duration: started.elapsed(),
+                    duration,
                 });
             }
             if !outcome.keep_alive || c.down.flush().await.is_err() {
@@ -431,6 +441,14 @@ impl Forwarder {
                     Ok(up) => up,
                     Err(err) => {
                         tracing::debug!(%address, error = %err, "connecting to upstream failed");
+                        // metrics: river_upstream_errors_total, every failed attempt
+                        self.proxy.stats.upstream_error(
+                            if err.kind() == std::io::ErrorKind::TimedOut {
+                                UpstreamErrorKind::Timeout
+                            } else {
+                                UpstreamErrorKind::Connect
+                            },
+                        );
                         tried.push(address);
                         if tried.len() < upstreams.len() {
                             continue;
@@ -452,10 +470,12 @@ impl Forwarder {
                     pooled = false;
                 }
                 Err(Failure::Stale) => {
+                    self.proxy.stats.upstream_error(UpstreamErrorKind::Reset); // metrics
                     return self.bad_gateway(c, req, address).await;
                 }
-                Err(Failure::Upstream(reason)) => {
+                Err(Failure::Upstream(kind, reason)) => {
                     tracing::debug!(%address, reason, "upstream failed");
+                    self.proxy.stats.upstream_error(kind); // metrics
                     return self.bad_gateway(c, req, address).await;
                 }
                 Err(Failure::Abort) => {
@@ -493,9 +513,10 @@ impl Forwarder {
             }
             let take = (c.buf.len() as u64).min(unread_body) as usize;
             if let Err(err) = up.write_all(&c.buf[..take]).await {
-                return Err(Failure::Upstream(format!(
-                    "sending the request body: {err}"
-                )));
+                return Err(Failure::Upstream(
+                    UpstreamErrorKind::Reset,
+                    format!("sending the request body: {err}"),
+                ));
             }
             c.buf.advance(take);
             unread_body -= take as u64;
@@ -508,16 +529,31 @@ impl Forwarder {
             match self.parse_response(c, req, shutdown) {
                 Ok(Some(head)) => break head,
                 Ok(None) => {}
-                Err(reason) => return Err(Failure::Upstream(reason)),
+                Err(reason) => {
+                    return Err(Failure::Upstream(
+                        UpstreamErrorKind::InvalidResponse,
+                        reason,
+                    ))
+                }
             }
             if c.resp.len() >= MAX_HEAD {
-                return Err(Failure::Upstream("response head too large".into()));
+                return Err(Failure::Upstream(
+                    UpstreamErrorKind::InvalidResponse,
+                    "response head too large".into(),
+                ));
             }
             c.resp.reserve(4096);
             match up.read_buf(&mut c.resp).await {
                 Ok(0) | Err(_) if !heard => return Err(Failure::Stale),
-                Ok(0) => return Err(Failure::Upstream("closed in the response head".into())),
-                Err(err) => return Err(Failure::Upstream(err.to_string())),
+                Ok(0) => {
+                    return Err(Failure::Upstream(
+                        UpstreamErrorKind::Reset,
+                        "closed in the response head".into(),
+                    ))
+                }
+                Err(err) => {
+                    return Err(Failure::Upstream(UpstreamErrorKind::Reset, err.to_string()))
+                }
                 Ok(_) => heard = true,
             }
         };
@@ -982,7 +1018,12 @@ mod tests {
                 "services {{ P {{ listeners {{ \"127.0.0.1:1\" }}\n connectors {{ \"{address}\" }} }} }}"
             );
             let config = river_config::parse(&source, "test.kdl").unwrap();
-            let app = RiverApp::build(&config.services[0], None).unwrap();
+            let app = RiverApp::build(
+                &config.services[0],
+                None,
+                crate::stats::ServiceStats::detached(),
+            )
+            .unwrap();
             let forwarder = app
                 .forwarder()
                 .expect("plain HTTP/1.1 upstreams take the fast path");

@@ -69,6 +69,7 @@ mod rate_limit;
 mod respond;
 mod rewind;
 mod serve;
+mod stats;
 mod tls;
 mod upstreams;
 mod welcome;
@@ -162,6 +163,7 @@ async fn receive_hello(ipc: OwnedFd) -> Result<(Hello, Vec<OwnedFd>), WorkerErro
 
 async fn serve(hello: Hello, fds: Vec<OwnedFd>, ipc: OwnedFd) -> Result<(), WorkerError> {
     let channel = Arc::new(Channel::new(ipc)?);
+    slow_start_injected().await;
     let started = match fault_injected() {
         Some(err) => Err(err),
         None => start(&hello, fds).await,
@@ -226,7 +228,23 @@ fn stop_if_asked(worker_index: usize) {
 }
 
 /// A listener and the service that answers on it, waiting for `Serve`.
-type PendingListener = (serve::Inherited, Arc<tls::Endpoint<h1_proxy::Front>>);
+type PendingListener = (
+    serve::Inherited,
+    Arc<tls::Endpoint<h1_proxy::Front>>,
+    stats::ServiceStats,
+);
+
+/// Slow start for the metrics tests: while $RIVER_TEST_SLOW_WORKER_START
+/// names a file that exists, workers wait before starting (so no generation
+/// serves yet). Nothing else reads it.
+async fn slow_start_injected() {
+    let Some(path) = std::env::var_os("RIVER_TEST_SLOW_WORKER_START") else {
+        return;
+    };
+    while std::path::Path::new(&path).exists() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// What a started worker holds: the switches that stop it.
 struct Running {
@@ -245,15 +263,20 @@ struct Running {
 }
 
 async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerError> {
-    let expected =
-        hello.listeners.len() + usize::from(hello.access_log) + usize::from(hello.balance);
+    let expected = hello.listeners.len()
+        + usize::from(hello.access_log)
+        + usize::from(hello.balance)
+        + usize::from(hello.stats);
     if fds.len() != expected {
         return Err(WorkerError::FdMismatch {
             expected,
             fds: fds.len(),
         });
     }
-    // The balance board, when there is one, travels last. Without it, the
+    // The stats board, when there is one, travels last (metrics).
+    let stats_fd = hello.stats.then(|| fds.pop()).flatten();
+    let stats = stats::Stats::map(stats_fd, &hello.config, hello.worker_index)?;
+    // The balance board, when there is one, comes before it. Without it, the
     // worker still serves; connections may just spread less evenly.
     let board = match hello.balance.then(|| fds.pop()).flatten() {
         Some(fd) => balance::Board::map(fd, hello.config.system.workers, hello.worker_index)
@@ -287,8 +310,9 @@ async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerEr
     let connections = serve::ConnectionCount::new(board);
     let mut apps = Vec::new();
     let mut loops = Vec::new();
-    for service in &hello.config.services {
-        let river_app = RiverApp::build(service, access_log.clone())?;
+    for (index, service) in hello.config.services.iter().enumerate() {
+        let service_stats = stats.service(index, service);
+        let river_app = RiverApp::build(service, access_log.clone(), service_stats.clone())?;
         let forwarder = river_app.forwarder();
         let app = Arc::new(h1_proxy::Front::new(
             Arc::new(pingora_proxy::http_proxy(&server_conf, river_app)),
@@ -307,7 +331,11 @@ async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerEr
                 None => None,
             };
             let endpoint = Arc::new(tls::Endpoint::new(app.clone(), acceptor));
-            loops.push((serve::Inherited::adopt(&listener.address, fd)?, endpoint));
+            loops.push((
+                serve::Inherited::adopt(&listener.address, fd)?,
+                endpoint,
+                service_stats.clone(),
+            ));
         }
         apps.push(app);
     }
@@ -396,13 +424,14 @@ async fn supervise(mut running: Running, channel: &Channel) -> Result<(), Worker
 impl Running {
     /// The whole generation is ready: accept on every listener.
     fn start_accepting(&mut self) {
-        for (listener, app) in self.pending.drain(..) {
+        for (listener, app, service_stats) in self.pending.drain(..) {
             self.accept_loops.push(tokio::spawn(serve::accept_loop(
                 listener,
                 app,
                 self.stop_rx.clone(),
                 self.shutdown_rx.clone(),
                 self.connections.clone(),
+                service_stats,
             )));
         }
         tracing::info!("serving");

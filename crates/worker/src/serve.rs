@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
 use crate::balance::{Board, DEFER_TICK, MAX_DEFER};
+use crate::stats::ServiceStats;
 
 /// A listening socket received from the master, registered with this runtime.
 /// pingora's listener records each connection's peer address (X-Forwarded-For,
@@ -97,6 +98,7 @@ pub async fn accept_loop<A>(
     mut stop: watch::Receiver<bool>,
     shutdown: watch::Receiver<bool>,
     connections: ConnectionCount,
+    stats: ServiceStats,
 ) where
     A: ServerApp + Send + Sync + 'static,
 {
@@ -112,10 +114,12 @@ pub async fn accept_loop<A>(
         match accepted {
             Ok(stream) => {
                 let guard = connections.open();
+                // metrics: river_connections_active{service}
+                let counted = stats.connection_opened();
                 let app = app.clone();
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
-                    let _guard = guard;
+                    let _guard = (guard, counted);
                     app.process_new(stream, &shutdown).await;
                 });
             }

@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use crate::stats::ServiceStats;
 use async_trait::async_trait;
 use pingora_core::connectors::http::Connector as HttpConnector;
 use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
@@ -59,7 +60,12 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn build(upstreams: &[Upstream], config: &LoadBalance) -> Result<Self, UpstreamError> {
+    /// `stats` hears about health changes (metrics: river_upstream_healthy).
+    pub fn build(
+        upstreams: &[Upstream],
+        config: &LoadBalance,
+        stats: ServiceStats,
+    ) -> Result<Self, UpstreamError> {
         let mut by_address = HashMap::new();
         for upstream in upstreams {
             // The first entry for an address wins; backends are keyed by address.
@@ -70,19 +76,19 @@ impl Upstreams {
         let by_address = Arc::new(by_address);
         let (balancer, key) = match config.selection {
             Selection::RoundRobin => (
-                Balancer::RoundRobin(balancer(&by_address, &config.health_check)?),
+                Balancer::RoundRobin(balancer(&by_address, &config.health_check, &stats)?),
                 None,
             ),
             Selection::Random => (
-                Balancer::Random(balancer(&by_address, &config.health_check)?),
+                Balancer::Random(balancer(&by_address, &config.health_check, &stats)?),
                 None,
             ),
             Selection::Fnv { key } => (
-                Balancer::Fnv(balancer(&by_address, &config.health_check)?),
+                Balancer::Fnv(balancer(&by_address, &config.health_check, &stats)?),
                 Some(key),
             ),
             Selection::Ketama { key } => (
-                Balancer::Ketama(balancer(&by_address, &config.health_check)?),
+                Balancer::Ketama(balancer(&by_address, &config.health_check, &stats)?),
                 Some(key),
             ),
         };
@@ -166,6 +172,7 @@ impl Upstreams {
 fn balancer<S>(
     upstreams: &Arc<HashMap<SocketAddr, Upstream>>,
     health: &HealthCheck,
+    stats: &ServiceStats,
 ) -> Result<LoadBalancer<S>, UpstreamError>
 where
     S: BackendSelection + 'static,
@@ -181,7 +188,11 @@ where
         .collect();
     let mut backends = Backends::new(discovery::Static::new(backends));
     if !matches!(health, HealthCheck::None) {
-        backends.set_health_check(Box::new(Probe::new(health.clone(), upstreams.clone())));
+        backends.set_health_check(Box::new(Probe::new(
+            health.clone(),
+            upstreams.clone(),
+            stats.clone(),
+        )));
     }
     let lb = LoadBalancer::from_backends(backends);
     // Static discovery completes without waiting.
@@ -222,14 +233,20 @@ struct Probe {
     kind: HealthCheck,
     upstreams: Arc<HashMap<SocketAddr, Upstream>>,
     http: HttpConnector,
+    stats: ServiceStats,
 }
 
 impl Probe {
-    fn new(kind: HealthCheck, upstreams: Arc<HashMap<SocketAddr, Upstream>>) -> Self {
+    fn new(
+        kind: HealthCheck,
+        upstreams: Arc<HashMap<SocketAddr, Upstream>>,
+        stats: ServiceStats,
+    ) -> Self {
         Probe {
             kind,
             upstreams,
             http: HttpConnector::new(None),
+            stats,
         }
     }
 
@@ -299,6 +316,9 @@ impl PingoraHealthCheck for Probe {
     }
 
     async fn health_status_change(&self, target: &Backend, healthy: bool) {
+        if let PingoraAddr::Inet(addr) = target.addr {
+            self.stats.upstream_health(addr, healthy); // metrics: river_upstream_healthy
+        }
         if healthy {
             tracing::info!(upstream = %target.addr, "upstream is healthy again");
         } else {
@@ -332,6 +352,7 @@ mod tests {
                 selection,
                 health_check: HealthCheck::None,
             },
+            ServiceStats::detached(),
         )
         .unwrap()
     }
@@ -424,6 +445,7 @@ mod tests {
                 selection: Selection::RoundRobin,
                 health_check: HealthCheck::Tcp { interval_ms: 10 },
             },
+            ServiceStats::detached(),
         )
         .unwrap();
         each_balancer!(&ups.balancer, lb => lb.backends().run_health_check(false).await);

@@ -34,6 +34,8 @@ pub(crate) struct Builder<'a> {
     /// Every problem reported so far (range and message hash): the same one
     /// reached twice is reported once, in constant time per problem.
     seen: HashSet<(usize, usize, u64)>,
+    /// Where `system { metrics }` was given, to report a clash with a listener.
+    metrics_span: Option<SourceSpan>,
 }
 
 impl<'a> Builder<'a> {
@@ -44,6 +46,7 @@ impl<'a> Builder<'a> {
             diags: Vec::new(),
             omitted: 0,
             seen: HashSet::new(),
+            metrics_span: None,
         }
     }
 
@@ -117,10 +120,34 @@ impl<'a> Builder<'a> {
             );
         }
         let system = system.unwrap_or_else(default_system);
+        self.check_metrics_clash(&system, &services);
         if self.diags.is_empty() {
             Some(Config { system, services })
         } else {
             None
+        }
+    }
+
+    /// The metrics listener is the master's own: no service may listen there.
+    fn check_metrics_clash(&mut self, system: &System, services: &[Service]) {
+        let (Some(metrics), Some(span)) = (&system.metrics, self.metrics_span) else {
+            return;
+        };
+        let clash = services.iter().find_map(|service| {
+            service
+                .listeners
+                .iter()
+                .find(|l| service::listen_conflict(&l.address, metrics))
+                .map(|l| (service.name.clone(), l.address.clone()))
+        });
+        if let Some((service, address)) = clash {
+            self.error(
+                span,
+                format!("`metrics` address `{metrics}` clashes with listener `{address}`"),
+                Some(format!(
+                    "service `{service}` listens there; give the metrics listener its own port"
+                )),
+            );
         }
     }
 }

@@ -1,5 +1,8 @@
 //! `system { }`: process model, paths, limits.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
 use kdl::KdlNode;
 
 use super::Builder;
@@ -21,6 +24,7 @@ const SYSTEM_KEYS: &[&str] = &[
     "worker-startup-timeout-secs",
     "listen-backlog",
     "access-log",
+    "metrics",
 ];
 
 impl Builder<'_> {
@@ -104,6 +108,28 @@ impl Builder<'_> {
                         _ => sys.access_log = Some(p),
                     }
                 }
+                "metrics" => {
+                    let Some(e) = self.single_arg(n, "an address") else {
+                        continue;
+                    };
+                    let Some(text) = self.nonempty_string_of(e, key) else {
+                        continue;
+                    };
+                    match metrics_address(&text) {
+                        Some(address) => {
+                            sys.metrics = Some(address);
+                            self.metrics_span = Some(e.span());
+                        }
+                        None => self.error(
+                            e.span(),
+                            format!("invalid `metrics` address `{text}`"),
+                            Some(
+                                "expected IP:PORT (e.g. \"127.0.0.1:9091\" or \"[::1]:9091\") or an absolute Unix socket path"
+                                    .into(),
+                            ),
+                        ),
+                    }
+                }
                 "user" | "group" => {
                     let Some(e) = self.single_arg(n, "a name") else {
                         continue;
@@ -131,6 +157,14 @@ impl Builder<'_> {
     }
 }
 
+/// `metrics "IP:PORT"` or `metrics "/abs/path.sock"`; None if neither.
+fn metrics_address(text: &str) -> Option<ListenAddress> {
+    if text.starts_with('/') {
+        return Some(ListenAddress::Unix(PathBuf::from(text)));
+    }
+    text.parse::<SocketAddr>().ok().map(ListenAddress::Tcp)
+}
+
 pub(crate) fn default_system() -> System {
     System {
         workers: std::thread::available_parallelism()
@@ -149,5 +183,6 @@ pub(crate) fn default_system() -> System {
         worker_startup_timeout_secs: 10,
         listen_backlog: 4096,
         access_log: None,
+        metrics: None,
     }
 }

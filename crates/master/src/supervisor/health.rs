@@ -40,7 +40,11 @@ impl Supervisor {
                         limit_mb,
                         "draining workers over the memory limit"
                     );
-                    self.kill_generation(*oldest, "draining-memory-limit-mb exceeded");
+                    self.kill_generation(
+                        *oldest,
+                        KillReason::Memory,
+                        "draining-memory-limit-mb exceeded",
+                    );
                 }
                 _ => return,
             }
@@ -82,6 +86,7 @@ impl Supervisor {
                     },
                 })
                 .collect(),
+            reloads: self.metrics.recent_reloads(5),
         }
     }
 }

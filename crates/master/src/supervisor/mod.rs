@@ -4,6 +4,7 @@
 mod generation;
 mod health;
 mod reload;
+mod scrape;
 mod shutdown;
 mod upgrade;
 mod workers;
@@ -11,12 +12,14 @@ mod workers;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use river_ipc::{ControlResponse, ToWorker};
+use river_ipc::{ControlResponse, KillReason, ReloadTrigger, ToWorker};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config_source::LoadConfig;
 use crate::inputs::GenerationInputs;
 use crate::listeners::ListenerSet;
+use crate::metrics::http::MetricsService;
+use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::process::WorkerEvent;
 use crate::signals::{Action, Signals};
@@ -47,6 +50,16 @@ pub enum Command {
     Reload {
         /// None: the caller does not wait for the outcome.
         reply: Option<oneshot::Sender<ControlResponse>>,
+        /// Who asked (the reload history).
+        trigger: ReloadTrigger,
+    },
+    /// A scrape of the metrics listener: the exposition text.
+    Metrics {
+        reply: oneshot::Sender<String>,
+    },
+    /// `riverctl history`.
+    History {
+        reply: oneshot::Sender<ControlResponse>,
     },
     Status {
         reply: oneshot::Sender<ControlResponse>,
@@ -90,6 +103,10 @@ pub struct Supervisor {
     last_memory_sample: Instant,
     notify: Notifier,
     handovers: Vec<Handover>,
+    /// Counters, stats boards and reload history (`crate::metrics`).
+    metrics: Metrics,
+    /// The Prometheus listener, if configured.
+    metrics_service: Option<MetricsService>,
     /// How this master was started, to start a successor the same way.
     invocation: Invocation,
     identity: river_ipc::MasterIdentity,
@@ -109,6 +126,7 @@ pub struct Supervisor {
 pub struct Setup {
     pub invocation: Invocation,
     pub control: Option<Control>,
+    pub metrics: Option<MetricsService>,
     /// The pid file, written already (None when started by an upgrade: the
     /// file is written at take-over).
     pub pid_file: Option<PidFile>,
@@ -158,6 +176,8 @@ impl Supervisor {
             last_memory_sample: Instant::now(),
             notify: Notifier::from_env(),
             handovers: Vec::new(),
+            metrics: Metrics::new(),
+            metrics_service: setup.metrics,
         }
     }
 
@@ -172,6 +192,9 @@ impl Supervisor {
         if self.predecessor.is_none() {
             if let Some(control) = &mut self.control {
                 control.start();
+            }
+            if let Some(metrics) = &mut self.metrics_service {
+                metrics.start();
             }
         }
         let mut tick = tokio::time::interval(TICK);
@@ -223,6 +246,7 @@ impl Supervisor {
         match action {
             Action::Reload => {
                 tracing::info!(by = "SIGHUP", "reload requested");
+                self.metrics.reload_requested(ReloadTrigger::Sighup); // metrics
                 self.request_reload(Vec::new()).await;
             }
             Action::GracefulStop => self.begin_shutdown(true),
@@ -240,8 +264,9 @@ impl Supervisor {
 
     async fn on_command(&mut self, command: Command) {
         match command {
-            Command::Reload { reply } => {
-                tracing::info!(by = "control socket", "reload requested");
+            Command::Reload { reply, trigger } => {
+                tracing::info!(by = %trigger, "reload requested");
+                self.metrics.reload_requested(trigger); // metrics
                 match reply {
                     Some(reply) => self.request_reload(vec![reply]).await,
                     None => self.request_reload(Vec::new()).await,
@@ -249,6 +274,12 @@ impl Supervisor {
             }
             Command::Status { reply } => {
                 let _ = reply.send(ControlResponse::Status(self.status()));
+            }
+            Command::Metrics { reply } => {
+                let _ = reply.send(self.render_metrics());
+            }
+            Command::History { reply } => {
+                let _ = reply.send(ControlResponse::History(self.metrics.history()));
             }
             Command::Stop { graceful } => self.begin_shutdown(graceful),
             Command::ReopenLogs => self.reopen_logs(),
@@ -307,7 +338,7 @@ impl Supervisor {
             .map(|g| g.number)
             .collect();
         for number in overdue {
-            self.kill_generation(number, "drain-timeout-secs reached");
+            self.kill_generation(number, KillReason::Deadline, "drain-timeout-secs reached");
         }
         for gen in &self.generations {
             if gen.kill_at.is_some_and(|at| now >= at) {

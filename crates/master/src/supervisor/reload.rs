@@ -20,6 +20,7 @@ pub(super) struct Handover {
     pub(super) response: ControlResponse,
     /// A worker that never acknowledges must not hold the answer forever.
     pub(super) deadline: Instant,
+    pub(super) promoted: Instant,
 }
 
 /// A validated generation waiting for killed draining generations to exit, so
@@ -77,6 +78,7 @@ impl Supervisor {
             return;
         }
         self.notify.reloading();
+        self.metrics.reload_begins(); // metrics: the reload history
         self.validating = Some(Validation {
             waiters,
             started: Instant::now(),
@@ -105,19 +107,23 @@ impl Supervisor {
             "configuration validated"
         );
         match GenerationInputs::prepare(config, &self.listeners) {
-            Ok(inputs) => self.make_room_then_start(inputs, waiters).await,
+            Ok(inputs) => {
+                self.metrics.reload_validated(); // metrics
+                self.make_room_then_start(inputs, waiters).await
+            }
             Err(err) => self.reject_reload(waiters, "reload rolled back", err),
         }
     }
 
     /// Answer a reload that failed before any worker started; nothing changed.
     pub(super) fn reject_reload(
-        &self,
+        &mut self,
         waiters: Vec<Reply>,
         outcome: &str,
         error: impl std::fmt::Display,
     ) {
         tracing::error!("{outcome}:\n{error}");
+        self.metrics.reload_rejected(&error.to_string()); // metrics
         for waiter in waiters {
             let _ = waiter.send(ControlResponse::ReloadFailed {
                 error: error.to_string(),
@@ -152,6 +158,7 @@ impl Supervisor {
         for number in &room_for {
             self.kill_generation_now(
                 *number,
+                KillReason::GenerationCap,
                 "max-draining-generations: making room for the new generation",
             );
         }
@@ -192,6 +199,9 @@ impl Supervisor {
         self.next_generation += 1;
         let started = Instant::now();
         let config = inputs.config.clone();
+        // metrics: the generation's stats board, the reload's spawn phase
+        self.metrics
+            .generation_starting(number, Some(&inputs.stats), &config);
         let startup_timeout = Duration::from_secs(config.system.worker_startup_timeout_secs);
         let mut generation = Generation {
             number,
@@ -206,7 +216,10 @@ impl Supervisor {
         };
         for index in 0..config.system.workers {
             match spawn_worker(number, index, &generation.inputs, self.events_tx.clone()) {
-                Ok(handle) => generation.slots.push(Slot::new(handle)),
+                Ok(handle) => {
+                    self.metrics.worker_spawned(number, index, false); // metrics
+                    generation.slots.push(Slot::new(handle))
+                }
                 Err(err) => {
                     self.generations.push(generation);
                     self.abort_starting(number, err.to_string());
@@ -214,6 +227,7 @@ impl Supervisor {
                 }
             }
         }
+        self.metrics.generation_spawned(number); // metrics
         tracing::info!(
             generation = number,
             workers = config.system.workers,
@@ -229,6 +243,8 @@ impl Supervisor {
         };
         let mut gen = self.generations.remove(position);
         tracing::error!(generation = number, "reload rolled back: {error}");
+        // metrics: its workers' counts are folded as they exit
+        self.metrics.generation_rolled_back(number, &error);
         gen.signal_all(Signal::SIGKILL);
         for waiter in gen.waiters.drain(..) {
             let _ = waiter.send(ControlResponse::ReloadFailed {
@@ -270,6 +286,8 @@ impl Supervisor {
             }
         }
         let retired = self.drain_serving();
+        self.metrics
+            .generation_promoted(number, retired.first().copied()); // metrics
         let Some(gen) = self.generation_mut(number) else {
             return;
         };
@@ -285,6 +303,7 @@ impl Supervisor {
             waiters: std::mem::take(&mut gen.waiters),
             response,
             deadline: now + HANDOVER_TIMEOUT,
+            promoted: now,
         };
         self.handovers.push(handover);
         self.listeners.commit(&sockets);
@@ -364,6 +383,9 @@ impl Supervisor {
             .partition(|h| now >= h.deadline || !h.retired.iter().any(still_accepting));
         self.handovers = waiting;
         for handover in done {
+            // metrics: the reload's drain-start phase
+            self.metrics
+                .drain_started(&handover.retired, handover.promoted.elapsed().as_secs_f64());
             for waiter in handover.waiters {
                 let _ = waiter.send(handover.response.clone());
             }

@@ -81,7 +81,7 @@ impl Supervisor {
         if shutdown.graceful {
             let numbers: Vec<u64> = self.generations.iter().map(|g| g.number).collect();
             for number in numbers {
-                self.kill_generation(number, "graceful shutdown timed out");
+                self.kill_generation(number, KillReason::Deadline, "graceful shutdown timed out");
             }
         } else {
             for gen in &self.generations {
@@ -91,22 +91,32 @@ impl Supervisor {
     }
 
     /// SIGKILL at once, for a generation that must be gone before another starts.
-    pub(super) fn kill_generation_now(&mut self, number: u64, reason: &str) {
-        self.signal_to_kill(number, reason, Signal::SIGKILL, Duration::ZERO);
+    pub(super) fn kill_generation_now(&mut self, number: u64, rule: KillReason, reason: &str) {
+        self.signal_to_kill(number, rule, reason, Signal::SIGKILL, Duration::ZERO);
     }
 
     /// SIGTERM, then SIGKILL after the grace.
-    pub(super) fn kill_generation(&mut self, number: u64, reason: &str) {
-        self.signal_to_kill(number, reason, Signal::SIGTERM, KILL_GRACE);
+    pub(super) fn kill_generation(&mut self, number: u64, rule: KillReason, reason: &str) {
+        self.signal_to_kill(number, rule, reason, Signal::SIGTERM, KILL_GRACE);
     }
 
+    /// `rule` is the metrics' reason label; `reason` the log's words.
     pub(super) fn signal_to_kill(
         &mut self,
         number: u64,
+        rule: KillReason,
         reason: &str,
         signal: Signal,
         grace: Duration,
     ) {
+        // metrics: river_draining_connections_cut_total and
+        // river_draining_workers_killed_total, once per generation.
+        if let Some(gen) = self.generation_mut(number) {
+            if gen.kill_at.is_none() {
+                let workers = gen.alive().count() as u64;
+                self.metrics.generation_killed(number, rule, workers);
+            }
+        }
         let Some(gen) = self.generation_mut(number) else {
             return;
         };

@@ -153,6 +153,18 @@ impl Supervisor {
             binary: &binary,
             invocation: &self.invocation,
             control: self.control.as_ref().map(|c| c.raw_fd()),
+            metrics: self.metrics_service.as_ref().and_then(|m| {
+                let address = self
+                    .generations
+                    .iter()
+                    .find(|g| g.state == State::Serving)?
+                    .inputs
+                    .config
+                    .system
+                    .metrics
+                    .clone()?;
+                Some((address, m.raw_fd()))
+            }),
             listeners: self.listeners.current(),
             next_generation: self.next_generation,
         };
@@ -328,6 +340,9 @@ impl Supervisor {
         if let Some(control) = &mut self.control {
             control.hand_over();
         }
+        if let Some(metrics) = &mut self.metrics_service {
+            metrics.hand_over();
+        }
         self.listeners.hand_over();
         self.notify.silence();
         for waiter in self.pending_reload.take().into_iter().flatten() {
@@ -394,6 +409,9 @@ impl Supervisor {
         }
         if let Some(control) = &mut self.control {
             control.start();
+        }
+        if let Some(metrics) = &mut self.metrics_service {
+            metrics.start();
         }
         self.notify
             .main_pid(&format!("generation {generation} serving (upgraded)"));

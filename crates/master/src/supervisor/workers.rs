@@ -63,6 +63,8 @@ impl Supervisor {
                 pid,
                 status,
             } => {
+                // metrics: fold its counts before its slot can be reused
+                self.metrics.worker_exited(generation, index);
                 self.on_worker_exit(generation, index, pid, status);
                 self.start_deferred_when_room().await;
             }
@@ -107,11 +109,17 @@ impl Supervisor {
 
     /// Drop generations with no worker left and none to restart.
     pub(super) fn remove_finished(&mut self) {
+        let metrics = &mut self.metrics;
         self.generations.retain(|gen| {
             let done = gen
                 .slots
                 .iter()
                 .all(|s| s.handle.is_none() && s.restart_at.is_none());
+            if done {
+                // metrics: drop its board, record how its drain ended
+                let drained = gen.drain_started.map(|t| t.elapsed().as_secs_f64());
+                metrics.generation_finished(gen.number, drained);
+            }
             if done && gen.state == State::Draining {
                 tracing::info!(
                     generation = gen.number,
@@ -138,6 +146,7 @@ impl Supervisor {
                 }
                 match spawn_worker(gen.number, index, &gen.inputs, events.clone()) {
                     Ok(handle) => {
+                        self.metrics.worker_spawned(gen.number, index, true); // metrics
                         tracing::info!(
                             generation = gen.number,
                             pid = handle.pid,
