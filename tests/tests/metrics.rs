@@ -379,7 +379,12 @@ fn a_long_request_cut_at_the_drain_deadline_is_counted() {
         Duration::from_secs(10),
     );
     assert!(held.join().unwrap().is_err(), "the held request was cut");
-    let m = scrape(&river.metrics_socket());
+    // The master folds the killed worker's slot when it reaps it, which may
+    // come a moment after the process is gone.
+    let m = wait_for("the killed worker folded", Duration::from_secs(10), || {
+        let m = scrape(&river.metrics_socket());
+        (m.get("river_connections_active", &[("service", "S")]) == Some(0.0)).then_some(m)
+    });
     assert_eq!(
         m.get(
             "river_draining_connections_cut_total",

@@ -228,7 +228,10 @@ fn a_failed_upgrade_leaves_the_old_master_serving_untouched() {
     std::fs::write(&up.river.config_path, good).expect("config");
 
     assert_eq!(up.master(), master);
-    assert_eq!(up.river.workers(), workers, "the serving workers untouched");
+    // The failed new masters are its children until reaped.
+    wait_for("only the serving workers", Duration::from_secs(10), || {
+        (up.river.workers() == workers).then_some(())
+    });
     assert_eq!(
         client::get(local(up.port), "/").expect("request").status,
         200
