@@ -117,7 +117,7 @@ kv() { # KEY LINE: value of key=value in LINE
     tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"
 }
 
-declare -A D_OK D_FAIL D_REFUSED D_GONE D_ERR
+declare -A D_OK D_FAIL D_REFUSED D_GONE D_ERR D_SECS
 declare -A A_REQ A_FAIL A_SOCK A_NON2XX A_SIGS A_GENS B_MED B_MAX B_ERR C_PEAKP C_PEAKR C_ENDP C_ENDR C_LONG C_CUT
 
 # ---------------------------------------------------------------- a + b
@@ -192,7 +192,18 @@ if [[ $ONLY == *d* ]]; then
     for name in River nginx HAProxy; do
         dir=$WORK/d-$name
         port=$(free_port)
-        start_proxy "$name" "$dir" "$port" "$UPSTREAM_PORT" 1 ""
+        if [ "$name" = nginx ]; then
+            # nginx only takes USR2 as a daemon: in the foreground its parent
+            # (this shell) never changes, and it ignores the signal.
+            mkdir -p "$dir"
+            nginx_template "$dir" "$port" "$UPSTREAM_PORT" 1
+            sed -i 's/^daemon off;/daemon on;/' "$dir/nginx.conf"
+            "$NGINX" -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" 9>&-
+            wait_port "$port"
+            PROXY_PID=$(cat "$dir/nginx.pid")
+        else
+            start_proxy "$name" "$dir" "$port" "$UPSTREAM_PORT" 1 ""
+        fi
         case $name in
             River) args=(--kind river --pid-file "$dir/river.pid" --riverctl "$RIVERCTL" --socket "$dir/river.sock") ;;
             nginx) args=(--kind nginx --pid-file "$dir/nginx.pid") ;;
@@ -201,9 +212,10 @@ if [[ $ONLY == *d* ]]; then
         res=$(python3 "$LAB" upgrades --port "$port" --count $UPGRADES_D --interval 1 "${args[@]}")
         D_OK[$name]=$(kv ok "$res") D_FAIL[$name]=$(kv failed "$res") D_REFUSED[$name]=$(kv refused "$res")
         D_GONE[$name]=$(kv old_gone_max_s "$res") D_ERR[$name]=$(kv upgrade_errors "$res")
+        D_SECS[$name]=$(kv seconds "$res")
         echo "  d. $name: $res" >&2
         # After upgrades the serving master is the pid file's, not the one started.
-        for pidfile in "$dir/river.pid" "$dir/nginx.pid" "$dir/haproxy.pid"; do
+        for pidfile in "$dir/river.pid" "$dir/nginx.pid" "$dir/nginx.pid.oldbin" "$dir/haproxy.pid"; do
             [ -r "$pidfile" ] && kill_tree "$(cat "$pidfile")"
         done
         kill_tree "$PROXY_PID"
@@ -252,7 +264,8 @@ fi
 if [[ $ONLY == *d* ]]; then
     echo
     echo "(d): $UPGRADES_D binary upgrades 1 s apart under 16 keep-alive clients and 2 loops of fresh connections; one worker/process."
-    echo "River \`riverctl upgrade\`; nginx \`kill -USR2\` the master, then \`WINCH\` and \`QUIT\` the old one (as nginx documents);"
+    echo "River \`riverctl upgrade\`; nginx (as a daemon: it ignores USR2 in the foreground) \`kill -USR2\` the master, then \`WINCH\` and \`QUIT\` the old one,"
+    echo "and the next USR2 only once the old master is gone (nginx ignores it before);"
     echo "HAProxy \`kill -USR2\` its \`-W\` master, which re-executes its binary."
     echo
     echo "| **d.** $UPGRADES_D binary upgrades | River | nginx | HAProxy |"
@@ -262,6 +275,7 @@ if [[ $ONLY == *d* ]]; then
     echo "| requests served | ${D_OK[River]} | ${D_OK[nginx]} | ${D_OK[HAProxy]} |"
     echo "| old processes gone after, worst of $UPGRADES_D (s) | ${D_GONE[River]} | ${D_GONE[nginx]} | ${D_GONE[HAProxy]} |"
     echo "| upgrades that did not complete | ${D_ERR[River]} | ${D_ERR[nginx]} | ${D_ERR[HAProxy]} |"
+    echo "| seconds for the $UPGRADES_D upgrades (nginx must wait for each old master to exit) | ${D_SECS[River]} | ${D_SECS[nginx]} | ${D_SECS[HAProxy]} |"
 fi
 echo
 echo "Targets (River): a. 0 failed requests: $([ "${A_FAIL[River]:-x}" = 0 ] && echo met || echo "${A_FAIL[River]:-not run}")."\

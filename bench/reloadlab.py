@@ -307,7 +307,19 @@ def upgrades(args):
     for t in threads:
         t.start()
     time.sleep(0.5)
-    retired = []  # (old pids, time of the upgrade)
+    retired = []  # [old pids, time of the upgrade, seconds until all were gone or None]
+
+    def monitor():
+        while not stop.is_set():
+            now = time.monotonic()
+            with lock:
+                for entry in retired:
+                    if entry[2] is None and not any(alive(p) for p in entry[0]):
+                        entry[2] = now - entry[1]
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=monitor, daemon=True)
+    watcher.start()
     upgrade_errors = 0
     start = time.monotonic()
     for i in range(args.count):
@@ -319,27 +331,33 @@ def upgrades(args):
             if not done:
                 upgrade_errors += 1
         elif args.kind == "nginx":
+            # nginx ignores USR2 while the previous old master still runs.
+            with lock:
+                previous = [e for e in retired if e[2] is None]
+            wait_for(lambda: all(e[2] is not None for e in previous), args.max_wait, step=0.02)
+            master = read_pid(args.pid_file)
+            t0 = time.monotonic()
             old = tree(master)
             os.kill(master, signal.SIGUSR2)
             new = wait_for(lambda: (p := read_pid(args.pid_file)) != master and p, 10)
             if not new or not wait_for(lambda: len(tree(new)) > 1, 10):
                 upgrade_errors += 1
-            os.kill(master, signal.SIGWINCH)
-            os.kill(master, signal.SIGQUIT)
+                old = []
+            else:
+                os.kill(master, signal.SIGWINCH)
+                os.kill(master, signal.SIGQUIT)
         else:
             old = [p for p in tree(master) if p != master]
             os.kill(master, signal.SIGUSR2)
             if not wait_for(lambda: any(p not in old for p in tree(master) if p != master), 10):
                 upgrade_errors += 1
-        retired.append((old, t0))
+        with lock:
+            retired.append([old, t0, None])
         next_at = start + (i + 1) * args.interval
         time.sleep(max(0.0, next_at - time.monotonic()))
-    # how long after its upgrade each retired set of processes was gone
-    gone_after = []
-    for old, t0 in retired:
-        wait_for(lambda: not any(alive(p) for p in old), args.max_wait, step=0.05)
-        gone = time.monotonic()
-        gone_after.append(gone - t0 if not any(alive(p) for p in old) else float("inf"))
+    wait_for(lambda: all(e[2] is not None for e in retired), args.max_wait, step=0.05)
+    gone_after = [e[2] if e[2] is not None else float("inf") for e in retired]
+    elapsed = time.monotonic() - start
     time.sleep(0.5)
     stop.set()
     for t in threads:
@@ -347,12 +365,12 @@ def upgrades(args):
     finite = [g for g in gone_after if g != float("inf")]
     print(
         f"ok={tally['ok']} failed={tally['failed']} refused={tally['refused']} "
-        f"upgrade_errors={upgrade_errors} upgrades={len(retired)} "
+        f"upgrade_errors={upgrade_errors} upgrades={len(retired)} seconds={elapsed:.1f} "
         f"old_gone_max_s={max(finite):.2f} old_never_gone={len(gone_after) - len(finite)} "
         f"errors={'|'.join(errors).replace(' ', '_') or '-'}"
         if finite else
         f"ok={tally['ok']} failed={tally['failed']} refused={tally['refused']} "
-        f"upgrade_errors={upgrade_errors} upgrades={len(retired)} old_gone_max_s=- "
+        f"upgrade_errors={upgrade_errors} upgrades={len(retired)} seconds={elapsed:.1f} old_gone_max_s=- "
         f"old_never_gone={len(gone_after)} errors={'|'.join(errors).replace(' ', '_') or '-'}"
     )
 
