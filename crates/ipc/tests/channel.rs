@@ -80,6 +80,7 @@ fn sample_config() -> Config {
                     },
                 ],
                 kind: ServiceKind::Proxy(ProxyService {
+                    discovery: None,
                     load_balance: LoadBalance {
                         selection: Selection::Ketama {
                             key: SelectionKey::UriPath,
