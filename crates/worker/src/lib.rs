@@ -61,6 +61,7 @@ mod balance;
 mod buffered;
 mod chunked;
 mod cidr;
+mod discovery;
 mod file_server;
 mod filters;
 mod h1_proxy;
@@ -242,6 +243,8 @@ struct Running {
     shutdown: watch::Sender<bool>,
     connections: serve::ConnectionCount,
     apps: Vec<Arc<h1_proxy::Front>>,
+    /// Services with `discovery "Dns"`: where relayed sets are applied.
+    discovery: discovery::Registry,
 }
 
 async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerError> {
@@ -287,13 +290,16 @@ async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerEr
     let connections = serve::ConnectionCount::new(board);
     let mut apps = Vec::new();
     let mut loops = Vec::new();
+    let mut discovered = discovery::Registry::default();
     for service in &hello.config.services {
         let river_app = RiverApp::build(service, access_log.clone())?;
         let forwarder = river_app.forwarder();
+        let upstreams = river_app.upstreams();
         let app = Arc::new(h1_proxy::Front::new(
             Arc::new(pingora_proxy::http_proxy(&server_conf, river_app)),
             forwarder,
         ));
+        discovered.register(service, upstreams, app.clone());
         for listener in &service.listeners {
             let fd = sockets
                 .remove(&listener.address)
@@ -320,6 +326,7 @@ async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerEr
         shutdown,
         connections,
         apps,
+        discovery: discovered,
     })
 }
 
@@ -364,6 +371,7 @@ async fn supervise(mut running: Running, channel: &Channel) -> Result<(), Worker
                     }
                 }
                 Ok(Some((ToWorker::Hello(_), _))) => tracing::warn!("ignoring a second Hello"),
+                Ok(Some((ToWorker::Discovered(set), _))) => running.discovery.apply(set),
                 Ok(None) | Err(_) => {
                     // Nobody will take over these connections: close idle ones now.
                     tracing::warn!("master went away: draining");
