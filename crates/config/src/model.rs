@@ -106,7 +106,7 @@ pub struct ProxyService {
     /// `discovery "Dns"`: upstreams named in DNS, followed while running.
     /// None with `discovery "Static"` (the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub discovery: Option<Discovery>,
+    pub discovery: Option<Box<Discovery>>,
 }
 
 /// `load-balance { discovery "Dns" ... }` and the names among the connectors.

@@ -217,7 +217,7 @@ fn long_flat_inputs_give_values() {
 
 #[test]
 fn binary_garbage_gives_values() {
-    let mut rng = Rng(0xbad_b17e_5);
+    let mut rng = Rng(0xbadb_17e5);
     for round in 0..300 {
         let len = rng.below(4096);
         let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();

@@ -72,7 +72,7 @@ pub fn tasks(config: &Config) -> Vec<Task> {
                 name: name.name.clone(),
                 settings: Discovery {
                     names: Vec::new(),
-                    ..discovery.clone()
+                    ..Discovery::clone(discovery)
                 },
             });
         }

@@ -18,8 +18,12 @@ use crate::answer::{backend_set, lowest_priority, SrvRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
+    #[error("NXDOMAIN: `{0}` does not exist")]
+    NxDomain(String),
+    #[error("no {1} record for `{0}`")]
+    NoRecords(String, &'static str),
     #[error("{0}")]
-    Dns(#[from] ResolveError),
+    Dns(ResolveError),
     #[error("the answer has no usable address")]
     Empty,
     #[error("reading the system's resolver configuration: {0}")]
@@ -93,7 +97,11 @@ impl Resolver {
     }
 
     async fn addresses(&self, host: &str) -> Result<(Vec<IpAddr>, Duration), LookupError> {
-        let lookup = self.inner.lookup_ip(self.query_name(host)).await?;
+        let lookup = self
+            .inner
+            .lookup_ip(self.query_name(host))
+            .await
+            .map_err(|e| explain(e, host, "A or AAAA"))?;
         let ttl = min_ttl(lookup.as_lookup().records().iter().map(|r| r.ttl()));
         Ok((lookup.iter().collect(), ttl))
     }
@@ -102,7 +110,11 @@ impl Resolver {
     /// its record's weight. Target addresses come from the answer's
     /// additional records when there, else from a lookup of their own.
     async fn srv(&self, name: &str) -> Result<(Vec<DiscoveredBackend>, Duration), LookupError> {
-        let lookup = self.inner.srv_lookup(self.query_name(name)).await?;
+        let lookup = self
+            .inner
+            .srv_lookup(self.query_name(name))
+            .await
+            .map_err(|e| explain(e, name, "SRV"))?;
         let records: Vec<SrvRecord> = lookup
             .iter()
             .map(|srv| SrvRecord {
@@ -137,13 +149,21 @@ impl Resolver {
                 }
             };
             for ip in ips {
-                entries.push((
-                    SocketAddr::new(ip, record.port),
-                    u32::from(record.weight),
-                ));
+                entries.push((SocketAddr::new(ip, record.port), u32::from(record.weight)));
             }
         }
         Ok((backend_set(entries), ttl))
+    }
+}
+
+/// hickory's error, said for an operator: the two common answers plainly.
+fn explain(err: ResolveError, name: &str, kind: &'static str) -> LookupError {
+    if err.is_nx_domain() {
+        LookupError::NxDomain(name.to_string())
+    } else if err.is_no_records_found() {
+        LookupError::NoRecords(name.to_string(), kind)
+    } else {
+        LookupError::Dns(err)
     }
 }
 

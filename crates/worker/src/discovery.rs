@@ -36,7 +36,12 @@ struct Discovered {
 
 impl Registry {
     /// Called at start-up for each service: remembers those with `discovery "Dns"`.
-    pub fn register(&mut self, service: &Service, upstreams: Option<Arc<Upstreams>>, front: Arc<Front>) {
+    pub fn register(
+        &mut self,
+        service: &Service,
+        upstreams: Option<Arc<Upstreams>>,
+        front: Arc<Front>,
+    ) {
         let ServiceKind::Proxy(proxy) = &service.kind else {
             return;
         };
@@ -59,11 +64,18 @@ impl Registry {
     /// bug) and sets older than the one applied are ignored.
     pub fn apply(&mut self, set: DiscoveredSet) {
         let Some(service) = self.services.get_mut(&set.service) else {
-            tracing::warn!(service = set.service, "discovered set for an unknown service");
+            tracing::warn!(
+                service = set.service,
+                "discovered set for an unknown service"
+            );
             return;
         };
         if !service.names.iter().any(|n| n.name.to_string() == set.name) {
-            tracing::warn!(service = set.service, name = set.name, "discovered set for an unknown name");
+            tracing::warn!(
+                service = set.service,
+                name = set.name,
+                "discovered set for an unknown name"
+            );
             return;
         }
         if let Some((version, backends)) = service.sets.get_mut(&set.name) {
@@ -128,7 +140,9 @@ mod tests {
     use std::collections::HashMap;
     use std::net::SocketAddr;
 
-    use river_config::{HealthCheck, LoadBalance, Selection, SelectionKey, Upstream, UpstreamProto};
+    use river_config::{
+        HealthCheck, LoadBalance, Selection, SelectionKey, Upstream, UpstreamProto,
+    };
 
     use crate::upstreams::Upstreams;
 
@@ -229,10 +243,7 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let with = |address| Upstream {
-            address,
-            ..up(1)
-        };
+        let with = |address| Upstream { address, ..up(1) };
         let ups = Upstreams::build(
             &[],
             &LoadBalance {

@@ -15,11 +15,11 @@ use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
+use pingora_load_balancing::discovery::ServiceDiscovery;
 use pingora_load_balancing::health_check::HealthCheck as PingoraHealthCheck;
 use pingora_load_balancing::selection::{
     BackendIter, BackendSelection, Consistent, FNVHash, Random, RoundRobin,
 };
-use pingora_load_balancing::discovery::ServiceDiscovery;
 use pingora_load_balancing::{Backend, Backends, LoadBalancer};
 use river_config::{
     DiscoveredName, HealthCheck, LoadBalance, Selection, SelectionKey, Upstream, UpstreamProto,
@@ -388,7 +388,8 @@ impl PingoraHealthCheck for Probe {
                 }
             }
             HealthCheck::Http { path, .. } => {
-                match tokio::time::timeout(PROBE_TIMEOUT * 2, self.http_get(&upstream, path)).await {
+                match tokio::time::timeout(PROBE_TIMEOUT * 2, self.http_get(&upstream, path)).await
+                {
                     Ok(result) => result,
                     Err(_) => Error::e_explain(ErrorType::ReadTimedout, "health check timed out"),
                 }

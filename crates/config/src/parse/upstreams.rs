@@ -30,7 +30,7 @@ impl Builder<'_> {
     pub(super) fn connectors(
         &mut self,
         node: &KdlNode,
-    ) -> Option<(LoadBalance, Vec<Upstream>, Option<Discovery>)> {
+    ) -> Option<(LoadBalance, Vec<Upstream>, Option<Box<Discovery>>)> {
         self.check_shape(
             node,
             "connectors",
@@ -92,10 +92,10 @@ impl Builder<'_> {
                 }
                 None
             }
-            Some(choice) => Some(Discovery {
+            Some(choice) => Some(Box::new(Discovery {
                 names,
                 ..choice.settings
-            }),
+            })),
             None => None,
         };
         Some((load_balance, upstreams, discovery))
@@ -355,8 +355,11 @@ impl Builder<'_> {
                 };
                 let min_ttl_ms = ms(self, "min-ttl-ms", Discovery::DEFAULT_MIN_TTL_MS);
                 let max_ttl_ms = ms(self, "max-ttl-ms", Discovery::DEFAULT_MAX_TTL_MS);
-                let resolve_timeout_ms =
-                    ms(self, "resolve-timeout-ms", Discovery::DEFAULT_RESOLVE_TIMEOUT_MS);
+                let resolve_timeout_ms = ms(
+                    self,
+                    "resolve-timeout-ms",
+                    Discovery::DEFAULT_RESOLVE_TIMEOUT_MS,
+                );
                 let (min_ttl_ms, max_ttl_ms, resolve_timeout_ms) =
                     (min_ttl_ms?, max_ttl_ms?, resolve_timeout_ms?);
                 if min_ttl_ms > max_ttl_ms {

@@ -23,7 +23,10 @@ fn names_literals_and_settings() {
     assert_eq!(p.upstreams[0].address, addr("10.0.0.9:8080"));
     let d = discovery(&c);
     assert_eq!(d.resolver, Some(addr("127.0.0.1:5353")));
-    assert_eq!((d.min_ttl_ms, d.max_ttl_ms, d.resolve_timeout_ms), (500, 30000, 1500));
+    assert_eq!(
+        (d.min_ttl_ms, d.max_ttl_ms, d.resolve_timeout_ms),
+        (500, 30000, 1500)
+    );
     assert_eq!(
         d.names[0].name,
         DnsName::Host {
@@ -65,7 +68,10 @@ fn static_configs_are_unchanged() {
     let c = ok(&dns("discovery \"Static\"", "            \"10.0.0.5:80\""));
     assert_eq!(only_proxy(&c).discovery, None);
     // Without discovery, HOST:PORT is still resolved once at load.
-    let c = ok(&dns("selection \"RoundRobin\"", "            \"localhost:80\""));
+    let c = ok(&dns(
+        "selection \"RoundRobin\"",
+        "            \"localhost:80\"",
+    ));
     assert!(only_proxy(&c).upstreams[0].address.ip().is_loopback());
     assert_eq!(only_proxy(&c).discovery, None);
 }

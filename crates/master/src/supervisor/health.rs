@@ -78,6 +78,11 @@ impl Supervisor {
                             .map(|d| d.saturating_duration_since(now).as_secs()),
                         _ => None,
                     },
+                    discovery: gen
+                        .discovery
+                        .as_ref()
+                        .map(|d| d.status())
+                        .unwrap_or_default(),
                 })
                 .collect(),
         }
