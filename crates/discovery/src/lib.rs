@@ -1,7 +1,7 @@
 //! River's resolver process (`river resolver`, started by the master only):
 //! one per generation whose config has `discovery "Dns"`, unprivileged (it
-//! becomes `system.user` before its first query), the only River process
-//! that reads DNS answers.
+//! becomes `system.user`, or `nobody` if River runs as root without one,
+//! before its first query), the only River process that reads DNS answers.
 //!
 //! It follows every name of every service: looks it up (hickory-resolver),
 //! tells the master the backend set and its TTL (clamped to the service's
@@ -97,8 +97,7 @@ async fn serve(ipc: OwnedFd) -> Result<(), ResolverError> {
         None => return Ok(()),
         Some((ToResolver::Hello(hello), _)) => *hello,
     };
-    let system = &hello.config.system;
-    river_worker::drop_privileges(system.user.as_deref(), system.group.as_deref())?;
+    become_unprivileged(&hello.config.system)?;
     let tasks = tasks(&hello.config);
     tracing::info!(
         generation = hello.generation,
@@ -131,6 +130,29 @@ async fn serve(ipc: OwnedFd) -> Result<(), ResolverError> {
                 Ok(None) | Err(_) => return Ok(()),
             },
         }
+    }
+}
+
+/// Become `system.user` (and `group`), as workers do; when River runs as root
+/// without a `user`, become `nobody`: the resolver needs no privilege, and it
+/// reads what the network sends.
+fn become_unprivileged(system: &river_config::System) -> Result<(), ResolverError> {
+    use river_worker::{PrivilegeError, PrivilegeOutcome};
+    let (user, group) = match system.user.as_deref() {
+        Some(user) => (user, system.group.as_deref()),
+        None => ("nobody", None),
+    };
+    match river_worker::drop_privileges(Some(user), group) {
+        Ok(PrivilegeOutcome::Dropped { uid, gid }) => {
+            tracing::debug!(uid, gid, "resolver dropped privileges");
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        Err(PrivilegeError::NoSuchUser(_)) if system.user.is_none() => {
+            tracing::warn!("no user `nobody`: the resolver keeps the master's user");
+            Ok(())
+        }
+        Err(err) => Err(err.into()),
     }
 }
 
