@@ -64,7 +64,7 @@ track $DNS_PID
 wait_port "$DNS_PORT"
 
 # ---------------------------------------------------------------- River
-RIVER_DIR=$WORK/river
+RIVER_DIR=$WORK/river-proxy
 mkdir -p "$RIVER_DIR"
 RIVER_PORT=$(free_port)
 cat >"$RIVER_DIR/river.kdl" <<EOF
@@ -153,12 +153,19 @@ for i in "${!TARGETS[@]}"; do
     ws_pid=$!
     sleep $LEAD
     t0=$(date +%s.%N)
+    peak=$procs_before
     for step in $(seq "$STEPS"); do
         "$change" "$step"
+        now_procs=$(python3 "$LAB" tree --pid "$pid" | sed 's/procs=//')
+        [ "$now_procs" -gt "$peak" ] && peak=$now_procs
         next=$(awk -v t="$t0" -v s="$step" -v i="$INTERVAL" 'BEGIN { printf "%.3f", t + s * i }')
         now=$(date +%s.%N)
-        sleep "$(awk -v n="$next" -v c="$now" 'BEGIN { d = n - c; printf "%.3f", d > 0 ? d : 0 }')"
+        sleep "$(awk -v n="$next" -v c="$now" 'BEGIN { d = n - c; printf "%.3f", (d > 0 ? d : 0) }')"
     done
+    # The deploy is over; the WebSockets and the load still run for a second or two.
+    sleep 1
+    at_end=$(python3 "$LAB" tree --pid "$pid" | sed 's/procs=//')
+    [ "$at_end" -gt "$peak" ] && peak=$at_end
     wait $wrk_pid || true
     wait $ws_pid || true
     read -r rps p99 reqs errs non2xx <<<"$(wrk_stats "$out")"
@@ -166,9 +173,10 @@ for i in "${!TARGETS[@]}"; do
     ws_opened=$(sed -n 's/.*opened=\([0-9]*\).*/\1/p' <<<"$ws")
     ws_cut=$(sed -n 's/.*cut=\([0-9]*\).*/\1/p' <<<"$ws")
     ws_failed=$(sed -n 's/.*failed_open=\([0-9]*\).*/\1/p' <<<"$ws")
+    sleep 1
     procs=$(python3 "$LAB" tree --pid "$pid" | sed 's/procs=//')
-    echo "  $name: requests=$reqs socket_errors=$errs non2xx=$non2xx p99=${p99}ms ws: $ws procs: $procs_before -> $procs" >&2
-    ROW[$i]="$reqs|$((errs + non2xx))|$p99|$ws_opened|$ws_cut|$ws_failed|$procs_before|$procs"
+    echo "  $name: requests=$reqs socket_errors=$errs non2xx=$non2xx p99=${p99}ms ws: $ws procs: before $procs_before, peak $peak, deploy end $at_end, after the WebSockets closed $procs" >&2
+    ROW[$i]="$reqs|$((errs + non2xx))|$p99|$ws_opened|$ws_cut|$ws_failed|$procs_before|$peak|$at_end|$procs"
 done
 
 # Where River's traffic goes at the end: its discovered set against the last step's.
@@ -188,13 +196,14 @@ if [ "$PIN" = 1 ]; then
 fi
 echo "$(machine_note)"
 echo
-echo "| target | how a change arrives | requests | failed | p99 | WebSockets opened | cut | failed to open | processes before → after |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---|"
+echo "| target | how a change arrives | requests | failed | p99 | WebSockets opened | cut | processes: before / peak / at the end of the deploy / after the WebSockets closed |"
+echo "|---|---|---:|---:|---:|---:|---:|---|"
 for i in "${!TARGETS[@]}"; do
     IFS='|' read -r name how port pid change <<<"${TARGETS[$i]}"
-    IFS='|' read -r reqs failed p99 opened cut failed_open before after <<<"${ROW[$i]}"
-    printf '| %s | %s | %s | **%s** | %.1f ms | %s | **%s** | %s | %s → **%s** |\n' "$name" "$how" "$reqs" "$failed" "$p99" \
-        "$opened" "$cut" "$failed_open" "$before" "$after"
+    IFS='|' read -r reqs failed p99 opened cut failed_open before peak at_end after <<<"${ROW[$i]}"
+    [ "$failed_open" != 0 ] && opened="$opened ($failed_open failed to open)"
+    printf '| %s | %s | %s | **%s** | %.1f ms | %s | **%s** | %s / %s / **%s** / %s |\n' "$name" "$how" "$reqs" "$failed" "$p99" \
+        "$opened" "$cut" "$before" "$peak" "$at_end" "$after"
 done
 echo
 echo "$set_note; River generations started: $river_generations (no reload)."
