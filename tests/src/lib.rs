@@ -3,6 +3,7 @@
 //! running `river` master.
 
 pub mod client;
+pub mod dns;
 pub mod features;
 pub mod load;
 pub mod metrics;

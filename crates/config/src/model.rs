@@ -108,6 +108,60 @@ pub struct ProxyService {
     pub upstreams: Vec<Upstream>,
     pub path_control: PathControl,
     pub rate_limiting: RateLimiting,
+    /// `discovery "Dns"`: upstreams named in DNS, followed while running.
+    /// None with `discovery "Static"` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<Box<Discovery>>,
+}
+
+/// `load-balance { discovery "Dns" ... }` and the names among the connectors.
+/// With it, `upstreams` holds only the literal addresses and may be empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Discovery {
+    /// The DNS server to ask; None: the system's (`/etc/resolv.conf`).
+    pub resolver: Option<SocketAddr>,
+    /// A record's TTL is clamped to `[min_ttl_ms, max_ttl_ms]`. Default 1000.
+    pub min_ttl_ms: u64,
+    /// Default 60000.
+    pub max_ttl_ms: u64,
+    /// How long one resolution may take; a reload whose new names do not
+    /// resolve within it is rejected. Default 2000.
+    pub resolve_timeout_ms: u64,
+    /// At least one.
+    pub names: Vec<DiscoveredName>,
+}
+
+impl Discovery {
+    pub const DEFAULT_MIN_TTL_MS: u64 = 1000;
+    pub const DEFAULT_MAX_TTL_MS: u64 = 60_000;
+    pub const DEFAULT_RESOLVE_TIMEOUT_MS: u64 = 2000;
+}
+
+/// A connector named in DNS, with the settings of its entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscoveredName {
+    pub name: DnsName,
+    pub tls_sni: Option<String>,
+    pub proto: UpstreamProto,
+}
+
+/// What is looked up.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum DnsName {
+    /// `"HOST:PORT"`: every A and AAAA address of HOST, on PORT.
+    Host { host: String, port: u16 },
+    /// `"_service._proto.name"`: the SRV records' targets, ports and weights
+    /// (lowest priority only).
+    Srv { name: String },
+}
+
+impl std::fmt::Display for DnsName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DnsName::Host { host, port } => write!(f, "{host}:{port}"),
+            DnsName::Srv { name } => f.write_str(name),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,6 +3,8 @@ use std::path::{Path, PathBuf};
 
 use crate::*;
 
+mod discovery;
+
 const ORIGIN: &str = "/etc/river/river.kdl";
 
 fn ok(src: &str) -> Config {
@@ -1089,9 +1091,9 @@ fn connector_errors() {
             "`selection` needs a value",
         ),
         (
-            "load-balance { discovery \"Dns\"; }\n            \"10.0.0.5:80\"",
-            "\"Dns\"",
-            "unknown discovery `Dns`",
+            "load-balance { discovery \"Consul\"; }\n            \"10.0.0.5:80\"",
+            "\"Consul\"",
+            "unknown discovery `Consul`",
         ),
         (
             "load-balance { health-check \"Ping\"; }\n            \"10.0.0.5:80\"",

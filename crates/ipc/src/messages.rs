@@ -1,5 +1,7 @@
 //! What the master, the workers and riverctl say to each other.
 
+use std::net::SocketAddr;
+
 use river_config::{Config, ListenAddress};
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +24,79 @@ pub enum ToWorker {
     /// Reopen the access log (SIGUSR1): the frame carries the freshly opened
     /// access-log file when the config has one.
     ReopenLogs,
+    /// Service discovery: a discovered name's current backends, to apply to
+    /// the service's selector in place. Relayed by the master from the
+    /// generation's resolver; every worker of the generation gets the same.
+    Discovered(DiscoveredSet),
+}
+
+/// The backends one DNS name of one service stands for now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscoveredSet {
+    pub service: String,
+    /// As written in the config (`DnsName`'s display): `api.internal:8080`,
+    /// `_http._tcp.api.service.consul`.
+    pub name: String,
+    /// Grows with every change of any set of the generation: a worker ignores
+    /// a set older than the one it applied.
+    pub version: u64,
+    /// Sorted by address, no duplicates, at most [`MAX_DISCOVERED_BACKENDS`].
+    pub backends: Vec<DiscoveredBackend>,
+}
+
+/// One discovered backend. `weight` is the SRV weight, reduced (see the
+/// resolver) to `1..=MAX_DISCOVERED_WEIGHT`; 1 for A/AAAA records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DiscoveredBackend {
+    pub address: SocketAddr,
+    pub weight: u16,
+}
+
+/// The most backends one name may stand for; a resolver's answer with more
+/// is refused by the master.
+pub const MAX_DISCOVERED_BACKENDS: usize = 1024;
+/// Weights are reduced to at most this (selection tables grow with weights).
+pub const MAX_DISCOVERED_WEIGHT: u16 = 256;
+
+/// Master -> resolver (`river resolver`, one unprivileged process per
+/// generation whose config has `discovery "Dns"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToResolver {
+    /// The first and only message: what to resolve is every `discovery` of
+    /// `config`; `config.system.user`/`group` is who to become.
+    Hello(Box<ResolverHello>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResolverHello {
+    pub generation: u64,
+    pub config: Config,
+}
+
+/// Resolver -> master. The master never reads DNS: it checks these typed
+/// answers (known service and name, bounded lists, valid weights) and relays
+/// changed sets to the generation's workers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FromResolver {
+    /// A lookup succeeded: the name's backends, valid for `ttl_ms` (already
+    /// clamped to the service's [min-ttl-ms, max-ttl-ms]). Sent after every
+    /// successful lookup, changed or not.
+    Resolved {
+        service: String,
+        name: String,
+        backends: Vec<DiscoveredBackend>,
+        ttl_ms: u64,
+    },
+    /// A lookup failed (timeout, SERVFAIL, NXDOMAIN, no address): the last
+    /// good set stays; the next try is in `retry_ms`.
+    Failed {
+        service: String,
+        name: String,
+        error: String,
+        retry_ms: u64,
+    },
+    /// Every name has been tried once: the generation's readiness waits for this.
+    FirstPassDone,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -220,6 +295,25 @@ pub struct GenerationStatus {
     pub workers: Vec<WorkerStatus>,
     /// Seconds left before a draining generation is killed.
     pub drain_deadline_secs: Option<u64>,
+    /// Each DNS name of each service (`discovery "Dns"`), as the master knows it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub discovery: Vec<DiscoveryStatus>,
+}
+
+/// One discovered name of a generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscoveryStatus {
+    pub service: String,
+    pub name: String,
+    /// The set the workers use: the last good one.
+    pub backends: Vec<DiscoveredBackend>,
+    /// Milliseconds until the set is looked up again (None before any answer).
+    pub ttl_left_ms: Option<u64>,
+    /// The last lookup's error, while lookups fail.
+    pub last_error: Option<String>,
+    /// True when the set was carried over from the previous generation
+    /// (the name did not resolve when this one started).
+    pub inherited: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -81,6 +81,7 @@ fn sample_config() -> Config {
                     },
                 ],
                 kind: ServiceKind::Proxy(ProxyService {
+                    discovery: None,
                     load_balance: LoadBalance {
                         selection: Selection::Ketama {
                             key: SelectionKey::UriPath,
@@ -176,8 +177,34 @@ async fn every_message_round_trips() {
         ToWorker::Drain { deadline_secs: 60 },
         ToWorker::Quit,
         ToWorker::ReopenLogs,
+        ToWorker::Discovered(DiscoveredSet {
+            service: "Api".into(),
+            name: "api.internal:8080".into(),
+            version: 7,
+            backends: vec![DiscoveredBackend {
+                address: "[::1]:8080".parse().unwrap(),
+                weight: 1,
+            }],
+        }),
     ] {
         round_trip(&master, &worker, &msg).await;
+    }
+    for msg in [
+        FromResolver::Resolved {
+            service: "Api".into(),
+            name: "_http._tcp.api".into(),
+            backends: vec![],
+            ttl_ms: 1000,
+        },
+        FromResolver::Failed {
+            service: "Api".into(),
+            name: "api.internal:8080".into(),
+            error: "NXDOMAIN".into(),
+            retry_ms: 2000,
+        },
+        FromResolver::FirstPassDone,
+    ] {
+        round_trip(&worker, &master, &msg).await;
     }
     for msg in [
         FromWorker::Ready { pid: 4242 },
@@ -240,12 +267,24 @@ async fn every_message_round_trips() {
                     connections: 5,
                 }],
                 drain_deadline_secs: None,
+                discovery: vec![DiscoveryStatus {
+                    service: "Api".into(),
+                    name: "_http._tcp.api.service.consul".into(),
+                    backends: vec![DiscoveredBackend {
+                        address: "10.0.0.7:8080".parse().unwrap(),
+                        weight: 3,
+                    }],
+                    ttl_left_ms: Some(900),
+                    last_error: Some("no answer within 2000 ms".into()),
+                    inherited: false,
+                }],
             },
             GenerationStatus {
                 generation: 1,
                 state: GenerationState::Draining,
                 workers: vec![],
                 drain_deadline_secs: Some(12),
+                discovery: vec![],
             },
         ],
         reloads: vec![record.clone()],

@@ -60,4 +60,11 @@ pub enum Internal {
     /// (the master runs this for every reload)
     #[command(hide = true)]
     LoadConfig { path: PathBuf },
+    /// Run a generation's DNS resolver on an inherited IPC descriptor
+    /// (started by the master only)
+    #[command(hide = true)]
+    Resolver {
+        #[arg(long)]
+        ipc_fd: RawFd,
+    },
 }

@@ -6,6 +6,7 @@
 pub mod cli;
 mod config_source;
 mod control;
+mod discovery;
 mod inputs;
 mod listeners;
 pub mod metrics;
@@ -31,6 +32,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Internal::Worker { ipc_fd }) => run_worker(ipc_fd),
         Some(Internal::LoadConfig { path }) => config_source::load_config_child(&path),
+        Some(Internal::Resolver { ipc_fd }) => run_resolver(ipc_fd),
         None => run_master(cli),
     }
 }
@@ -59,6 +61,23 @@ fn run_worker(ipc_fd: RawFd) -> anyhow::Result<()> {
     // and nothing else in this process owns it.
     let ipc = unsafe { OwnedFd::from_raw_fd(ipc_fd) };
     river_worker::run(ipc).context("worker")
+}
+
+/// `river resolver`: a generation's DNS resolver (service discovery).
+fn run_resolver(ipc_fd: RawFd) -> anyhow::Result<()> {
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string we own.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"river-resolver".as_ptr()) };
+    let stat = nix::sys::stat::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(ipc_fd) })
+        .context(
+            "the resolver's IPC descriptor is not open (resolvers are started by the master)",
+        )?;
+    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        bail!("descriptor {ipc_fd} is not a socket (resolvers are started by the master)");
+    }
+    // SAFETY: checked above that the descriptor is open; the master gave it
+    // to us and nothing else in this process owns it.
+    let ipc = unsafe { OwnedFd::from_raw_fd(ipc_fd) };
+    river_discovery::run(ipc).context("resolver")
 }
 
 fn run_master(cli: Cli) -> anyhow::Result<()> {

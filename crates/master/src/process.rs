@@ -33,6 +33,8 @@ pub enum WorkerEvent {
         pid: u32,
         status: String,
     },
+    /// From a generation's resolver (service discovery).
+    Discovery(crate::discovery::DiscoveryEvent),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +58,21 @@ impl WorkerHandle {
         tokio::spawn(async move {
             if let Err(err) = channel.send(&message, &[]).await {
                 tracing::debug!(pid, error = %err, "could not message worker");
+            }
+        });
+    }
+
+    /// Send `messages` in this order, without blocking (separate `send`s
+    /// may overtake each other).
+    pub fn send_many(&self, messages: Vec<ToWorker>) {
+        let channel = self.channel.clone();
+        let pid = self.pid;
+        tokio::spawn(async move {
+            for message in messages {
+                if let Err(err) = channel.send(&message, &[]).await {
+                    tracing::debug!(pid, error = %err, "could not message worker");
+                    return;
+                }
             }
         });
     }

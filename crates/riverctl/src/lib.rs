@@ -259,6 +259,36 @@ fn render_generations(out: &mut String, generations: &[river_ipc::GenerationStat
                 worker.connections
             );
         }
+        for name in &generation.discovery {
+            let backends: Vec<String> = name
+                .backends
+                .iter()
+                .map(|b| match b.weight {
+                    1 => b.address.to_string(),
+                    w => format!("{} (weight {w})", b.address),
+                })
+                .collect();
+            *out += &format!(
+                "  service {} discovers {}: {}",
+                name.service,
+                name.name,
+                if backends.is_empty() {
+                    "no upstream yet (answering 503)".to_string()
+                } else {
+                    backends.join(", ")
+                }
+            );
+            if name.inherited {
+                *out += " (kept from the previous generation)";
+            }
+            if let Some(ms) = name.ttl_left_ms {
+                *out += &format!("; next lookup in {:.1} s", ms as f64 / 1000.0);
+            }
+            if let Some(error) = &name.last_error {
+                *out += &format!("; last lookup failed: {error}");
+            }
+            *out += "\n";
+        }
     }
 }
 

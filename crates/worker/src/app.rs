@@ -119,6 +119,14 @@ impl RiverApp {
         &self.name
     }
 
+    /// A proxy service's upstreams, for service discovery to update.
+    pub fn upstreams(&self) -> Option<Arc<Upstreams>> {
+        match &self.logic {
+            Logic::Proxy(proxy) => Some(proxy.upstreams.clone()),
+            _ => None,
+        }
+    }
+
     /// The HTTP/1 fast path of this service, if it is a proxy whose upstreams
     /// all speak plain HTTP/1.1 (TLS and h2 upstreams stay with pingora).
     pub fn forwarder(&self) -> Option<Forwarder> {
@@ -147,13 +155,18 @@ impl Proxy {
             service: service.to_owned(),
             source,
         };
+        let names = config.discovery.as_ref().map_or(&[][..], |d| &d.names[..]);
         let upstreams = Arc::new(
-            Upstreams::build(&config.upstreams, &config.load_balance, stats.clone()).map_err(
-                |source| BuildError::Upstreams {
-                    service: service.to_owned(),
-                    source,
-                },
-            )?,
+            Upstreams::build_with_names(
+                &config.upstreams,
+                names,
+                &config.load_balance,
+                stats.clone(),
+            )
+            .map_err(|source| BuildError::Upstreams {
+                service: service.to_owned(),
+                source,
+            })?,
         );
         upstreams.spawn_health_checks();
         let blocked = CidrBlocklist::new(config.path_control.request_filters.iter().flat_map(
@@ -248,13 +261,20 @@ impl ProxyHttp for RiverApp {
             .upstreams
             .key(client_ip(session), session.req_header().uri.path());
         let Some(upstream) = proxy.upstreams.select(&key, &ctx.tried) else {
+            // None at all: a discovered service before its first answer.
+            if proxy.upstreams.is_empty() {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(503),
+                    "no upstream discovered yet",
+                ));
+            }
             return Err(Error::explain(
                 ErrorType::HTTPStatus(502),
                 "no upstream left to try",
             ));
         };
         ctx.upstream = Some(upstream.address);
-        Ok(Box::new(peer(upstream)))
+        Ok(Box::new(peer(&upstream)))
     }
 
     fn fail_to_connect(

@@ -76,6 +76,14 @@ impl Front {
             forwarder.pool.close();
         }
     }
+
+    /// Service discovery removed `removed`: close their idle pooled
+    /// connections (requests in flight to them finish, and do not pool theirs).
+    pub fn forget_upstreams(&self, removed: &[SocketAddr]) {
+        if let Some(forwarder) = &self.forwarder {
+            forwarder.pool.forget(removed);
+        }
+    }
 }
 
 #[async_trait]
@@ -426,7 +434,9 @@ impl Forwarder {
         let mut pooled = true;
         loop {
             let Some(upstream) = upstreams.select(&key, &tried) else {
-                return self.answer(c, req, 502, false).await;
+                // None at all: a discovered service before its first answer.
+                let status = if upstreams.is_empty() { 503 } else { 502 };
+                return self.answer(c, req, status, false).await;
             };
             let address = upstream.address;
             let reused = if pooled {
@@ -459,7 +469,8 @@ impl Forwarder {
             };
             match self.exchange(c, &mut up, req, unread_body, shutdown).await {
                 Ok((mut outcome, reusable)) => {
-                    if reusable {
+                    // Not to an upstream that discovery removed meanwhile.
+                    if reusable && upstreams.contains(address) {
                         self.pool.put(address, up);
                     }
                     outcome.upstream = Some(address);
@@ -919,6 +930,12 @@ impl Pool {
     fn idle_count(&self) -> usize {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.iter().map(|(_, streams)| streams.len()).sum()
+    }
+
+    /// Close the idle connections to `addresses`.
+    fn forget(&self, addresses: &[SocketAddr]) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|(address, _)| !addresses.contains(address));
     }
 
     /// Close every idle connection and keep none from now on.

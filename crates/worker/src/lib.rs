@@ -61,6 +61,7 @@ mod balance;
 mod buffered;
 mod chunked;
 mod cidr;
+mod discovery;
 mod file_server;
 mod filters;
 mod h1_proxy;
@@ -260,6 +261,8 @@ struct Running {
     shutdown: watch::Sender<bool>,
     connections: serve::ConnectionCount,
     apps: Vec<Arc<h1_proxy::Front>>,
+    /// Services with `discovery "Dns"`: where relayed sets are applied.
+    discovery: discovery::Registry,
 }
 
 async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerError> {
@@ -310,14 +313,17 @@ async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerEr
     let connections = serve::ConnectionCount::new(board);
     let mut apps = Vec::new();
     let mut loops = Vec::new();
+    let mut discovered = discovery::Registry::default();
     for (index, service) in hello.config.services.iter().enumerate() {
         let service_stats = stats.service(index, service);
         let river_app = RiverApp::build(service, access_log.clone(), service_stats.clone())?;
         let forwarder = river_app.forwarder();
+        let upstreams = river_app.upstreams();
         let app = Arc::new(h1_proxy::Front::new(
             Arc::new(pingora_proxy::http_proxy(&server_conf, river_app)),
             forwarder,
         ));
+        discovered.register(service, upstreams, app.clone());
         for listener in &service.listeners {
             let fd = sockets
                 .remove(&listener.address)
@@ -348,6 +354,7 @@ async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerEr
         shutdown,
         connections,
         apps,
+        discovery: discovered,
     })
 }
 
@@ -392,6 +399,7 @@ async fn supervise(mut running: Running, channel: &Channel) -> Result<(), Worker
                     }
                 }
                 Ok(Some((ToWorker::Hello(_), _))) => tracing::warn!("ignoring a second Hello"),
+                Ok(Some((ToWorker::Discovered(set), _))) => running.discovery.apply(set),
                 Ok(None) | Err(_) => {
                     // Nobody will take over these connections: close idle ones now.
                     tracing::warn!("master went away: draining");

@@ -1,11 +1,14 @@
 //! A proxy service's upstreams: selection (pingora-load-balancing), active
 //! health checks, and the `HttpPeer` each upstream is reached through
-//! (`tls-sni`, `proto`).
+//! (`tls-sni`, `proto`). The set can change while serving ([`Upstreams::update`],
+//! service discovery); what decides a new set lives in `discovery.rs`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use crate::stats::ServiceStats;
 use async_trait::async_trait;
@@ -14,12 +17,15 @@ use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
+use pingora_load_balancing::discovery::ServiceDiscovery;
 use pingora_load_balancing::health_check::HealthCheck as PingoraHealthCheck;
 use pingora_load_balancing::selection::{
     BackendIter, BackendSelection, Consistent, FNVHash, Random, RoundRobin,
 };
-use pingora_load_balancing::{discovery, Backend, Backends, LoadBalancer};
-use river_config::{HealthCheck, LoadBalance, Selection, SelectionKey, Upstream, UpstreamProto};
+use pingora_load_balancing::{Backend, Backends, LoadBalancer};
+use river_config::{
+    DiscoveredName, HealthCheck, LoadBalance, Selection, SelectionKey, Upstream, UpstreamProto,
+};
 
 /// How long connecting to an upstream may take (nginx's proxy_connect_timeout
 /// is 60 s; a reverse proxy in front of local services wants to fail faster).
@@ -52,43 +58,80 @@ macro_rules! each_balancer {
     };
 }
 
+/// The upstreams by address, as the selector sees them; replaced whole on
+/// [`Upstreams::update`], shared with the health check probe.
+type ByAddress = Arc<ArcSwap<HashMap<SocketAddr, Arc<Upstream>>>>;
+
 pub struct Upstreams {
     balancer: Balancer,
     key: Option<SelectionKey>,
-    by_address: Arc<HashMap<SocketAddr, Upstream>>,
+    by_address: ByAddress,
+    /// The selector's backend set, read by pingora's `update`.
+    pushed: Arc<Pushed>,
+    /// Serializes updates (pingora's `Backends::update` must not overlap).
+    updating: Mutex<()>,
     health: HealthCheck,
+    plain_h1: bool,
 }
 
 impl Upstreams {
+    pub fn build(upstreams: &[Upstream], config: &LoadBalance) -> Result<Self, UpstreamError> {
+        Self::build_with_names(upstreams, &[], config, ServiceStats::detached())
+    }
+
+    /// As [`Upstreams::build`], for a service whose upstreams also come from
+    /// `names` (service discovery): they join through [`Upstreams::update`].
     /// `stats` hears about health changes (metrics: river_upstream_healthy).
-    pub fn build(
+    pub fn build_with_names(
         upstreams: &[Upstream],
+        names: &[DiscoveredName],
         config: &LoadBalance,
         stats: ServiceStats,
     ) -> Result<Self, UpstreamError> {
-        let mut by_address = HashMap::new();
-        for upstream in upstreams {
-            // The first entry for an address wins; backends are keyed by address.
-            by_address
-                .entry(upstream.address)
-                .or_insert_with(|| upstream.clone());
-        }
-        let by_address = Arc::new(by_address);
+        let plain_h1 = upstreams
+            .iter()
+            .map(|u| (&u.tls_sni, u.proto))
+            .chain(names.iter().map(|n| (&n.tls_sni, n.proto)))
+            .all(|(sni, proto)| sni.is_none() && proto == UpstreamProto::H1Only);
+        let weighted: Vec<(Upstream, u16)> = upstreams.iter().map(|u| (u.clone(), 1)).collect();
+        let (by_address, backends) = tables(&weighted);
+        let by_address: ByAddress = Arc::new(ArcSwap::from_pointee(by_address));
+        let pushed = Arc::new(Pushed(ArcSwap::from_pointee(backends)));
         let (balancer, key) = match config.selection {
             Selection::RoundRobin => (
-                Balancer::RoundRobin(balancer(&by_address, &config.health_check, &stats)?),
+                Balancer::RoundRobin(balancer(
+                    &pushed,
+                    &by_address,
+                    &config.health_check,
+                    &stats,
+                )?),
                 None,
             ),
             Selection::Random => (
-                Balancer::Random(balancer(&by_address, &config.health_check, &stats)?),
+                Balancer::Random(balancer(
+                    &pushed,
+                    &by_address,
+                    &config.health_check,
+                    &stats,
+                )?),
                 None,
             ),
             Selection::Fnv { key } => (
-                Balancer::Fnv(balancer(&by_address, &config.health_check, &stats)?),
+                Balancer::Fnv(balancer(
+                    &pushed,
+                    &by_address,
+                    &config.health_check,
+                    &stats,
+                )?),
                 Some(key),
             ),
             Selection::Ketama { key } => (
-                Balancer::Ketama(balancer(&by_address, &config.health_check, &stats)?),
+                Balancer::Ketama(balancer(
+                    &pushed,
+                    &by_address,
+                    &config.health_check,
+                    &stats,
+                )?),
                 Some(key),
             ),
         };
@@ -96,19 +139,57 @@ impl Upstreams {
             balancer,
             key,
             by_address,
+            pushed,
+            updating: Mutex::new(()),
             health: config.health_check.clone(),
+            plain_h1,
         })
     }
 
+    /// Replace the upstream set in place, with a weight each (service
+    /// discovery). Requests already past selection keep their upstream;
+    /// backends that stay keep their health state (pingora keys it by
+    /// address and weight). Returns the addresses no longer in the set.
+    pub fn update(&self, upstreams: &[(Upstream, u16)]) -> Result<Vec<SocketAddr>, UpstreamError> {
+        let _one_at_a_time = self.updating.lock().unwrap_or_else(|e| e.into_inner());
+        let (by_address, backends) = tables(upstreams);
+        let removed = self
+            .by_address
+            .load()
+            .keys()
+            .filter(|a| !by_address.contains_key(a))
+            .copied()
+            .collect();
+        // The probe and `select` must know every address the selector can
+        // yield: the map grows before the selector changes, and shrinks after.
+        let mut union = HashMap::clone(&self.by_address.load());
+        union.extend(by_address.iter().map(|(a, u)| (*a, u.clone())));
+        self.by_address.store(Arc::new(union));
+        self.pushed.0.store(Arc::new(backends));
+        each_balancer!(&self.balancer, lb => futures_now(lb.update()))
+            .map_err(|e| UpstreamError::Selector(e.to_string()))?;
+        self.by_address.store(Arc::new(by_address));
+        Ok(removed)
+    }
+
+    /// Whether `address` is one of the current upstreams.
+    pub fn contains(&self, address: SocketAddr) -> bool {
+        self.by_address.load().contains_key(&address)
+    }
+
     pub fn len(&self) -> usize {
-        self.by_address.len()
+        self.by_address.load().len()
+    }
+
+    /// No upstream at all (a discovered service before its first answer).
+    pub fn is_empty(&self) -> bool {
+        self.by_address.load().is_empty()
     }
 
     /// Whether every upstream is reached over plain TCP with HTTP/1.1.
+    /// Discovered names count with their `tls-sni` and `proto`.
     pub fn all_plain_h1(&self) -> bool {
-        self.by_address
-            .values()
-            .all(|u| u.tls_sni.is_none() && u.proto == UpstreamProto::H1Only)
+        self.plain_h1
     }
 
     /// The selection key of a request: its URI path, or client address and path.
@@ -129,9 +210,10 @@ impl Upstreams {
     /// this request). Healthy ones first; when the health checks have marked
     /// every remaining one down, try one anyway: the check may be stale, and a
     /// failed attempt still ends in a 502.
-    pub fn select(&self, key: &[u8], tried: &[SocketAddr]) -> Option<&Upstream> {
+    pub fn select(&self, key: &[u8], tried: &[SocketAddr]) -> Option<Arc<Upstream>> {
+        let by_address = self.by_address.load();
         // Enough steps to visit every backend through the selector's fallback order.
-        let steps = 64 + 4 * self.by_address.len();
+        let steps = 64 + 4 * by_address.len();
         let untried = |b: &Backend| match &b.addr {
             PingoraAddr::Inet(addr) => !tried.contains(addr),
             _ => false,
@@ -141,9 +223,15 @@ impl Upstreams {
                 .or_else(|| lb.select_with(key, steps, |b, _| untried(b)))
         })?;
         match chosen.addr {
-            PingoraAddr::Inet(addr) => self.by_address.get(&addr),
+            PingoraAddr::Inet(addr) => by_address.get(&addr).cloned(),
             _ => None,
         }
+    }
+
+    /// One health check pass now (tests).
+    #[cfg(test)]
+    pub(crate) async fn run_health_checks_once(&self) {
+        each_balancer!(&self.balancer, lb => lb.backends().run_health_check(false).await);
     }
 
     /// Run the health checks every `interval-ms` for as long as `self` lives.
@@ -169,8 +257,44 @@ impl Upstreams {
     }
 }
 
+/// The address table and the selector's backends for `upstreams`; the first
+/// entry for an address wins (backends are keyed by address).
+fn tables(
+    upstreams: &[(Upstream, u16)],
+) -> (HashMap<SocketAddr, Arc<Upstream>>, BTreeSet<Backend>) {
+    let mut by_address = HashMap::new();
+    let mut backends = BTreeSet::new();
+    for (upstream, weight) in upstreams {
+        if by_address.contains_key(&upstream.address) {
+            continue;
+        }
+        by_address.insert(upstream.address, Arc::new(upstream.clone()));
+        backends.insert(Backend {
+            addr: PingoraAddr::Inet(upstream.address),
+            weight: usize::from((*weight).max(1)),
+            ext: Default::default(),
+        });
+    }
+    (by_address, backends)
+}
+
+/// The selector's discovery: whatever set was last pushed. pingora's `Static`
+/// cannot be changed from outside its crate.
+struct Pushed(ArcSwap<BTreeSet<Backend>>);
+
+/// pingora owns its discovery boxed; this shares ours.
+struct SharedPushed(Arc<Pushed>);
+
+#[async_trait]
+impl ServiceDiscovery for SharedPushed {
+    async fn discover(&self) -> Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        Ok((BTreeSet::clone(&self.0 .0.load()), HashMap::new()))
+    }
+}
+
 fn balancer<S>(
-    upstreams: &Arc<HashMap<SocketAddr, Upstream>>,
+    pushed: &Arc<Pushed>,
+    upstreams: &ByAddress,
     health: &HealthCheck,
     stats: &ServiceStats,
 ) -> Result<LoadBalancer<S>, UpstreamError>
@@ -178,15 +302,7 @@ where
     S: BackendSelection + 'static,
     S::Iter: BackendIter,
 {
-    let backends = upstreams
-        .keys()
-        .map(|addr| Backend {
-            addr: PingoraAddr::Inet(*addr),
-            weight: 1,
-            ext: Default::default(),
-        })
-        .collect();
-    let mut backends = Backends::new(discovery::Static::new(backends));
+    let mut backends = Backends::new(Box::new(SharedPushed(pushed.clone())));
     if !matches!(health, HealthCheck::None) {
         backends.set_health_check(Box::new(Probe::new(
             health.clone(),
@@ -195,12 +311,12 @@ where
         )));
     }
     let lb = LoadBalancer::from_backends(backends);
-    // Static discovery completes without waiting.
+    // Pushed discovery completes without waiting.
     futures_now(lb.update()).map_err(|e| UpstreamError::Selector(e.to_string()))?;
     Ok(lb)
 }
 
-/// Poll a future that is known not to wait (static discovery) to completion.
+/// Poll a future that is known not to wait (pushed discovery) to completion.
 fn futures_now<F: std::future::Future<Output = Result<()>>>(future: F) -> Result<()> {
     let waker = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(waker);
@@ -209,7 +325,7 @@ fn futures_now<F: std::future::Future<Output = Result<()>>>(future: F) -> Result
         std::task::Poll::Ready(result) => result,
         std::task::Poll::Pending => Err(Error::explain(
             ErrorType::InternalError,
-            "static discovery did not complete at once",
+            "pushed discovery did not complete at once",
         )),
     }
 }
@@ -231,17 +347,13 @@ pub fn peer(upstream: &Upstream) -> HttpPeer {
 /// the same TLS/ALPN settings the proxy uses for that upstream.
 struct Probe {
     kind: HealthCheck,
-    upstreams: Arc<HashMap<SocketAddr, Upstream>>,
+    upstreams: ByAddress,
     http: HttpConnector,
     stats: ServiceStats,
 }
 
 impl Probe {
-    fn new(
-        kind: HealthCheck,
-        upstreams: Arc<HashMap<SocketAddr, Upstream>>,
-        stats: ServiceStats,
-    ) -> Self {
+    fn new(kind: HealthCheck, upstreams: ByAddress, stats: ServiceStats) -> Self {
         Probe {
             kind,
             upstreams,
@@ -292,7 +404,7 @@ impl PingoraHealthCheck for Probe {
         let PingoraAddr::Inet(addr) = target.addr else {
             return Error::e_explain(ErrorType::InternalError, "not an inet upstream");
         };
-        let Some(upstream) = self.upstreams.get(&addr) else {
+        let Some(upstream) = self.upstreams.load().get(&addr).cloned() else {
             return Error::e_explain(ErrorType::InternalError, "unknown upstream");
         };
         match &self.kind {
@@ -307,7 +419,8 @@ impl PingoraHealthCheck for Probe {
                 }
             }
             HealthCheck::Http { path, .. } => {
-                match tokio::time::timeout(PROBE_TIMEOUT * 2, self.http_get(upstream, path)).await {
+                match tokio::time::timeout(PROBE_TIMEOUT * 2, self.http_get(&upstream, path)).await
+                {
                     Ok(result) => result,
                     Err(_) => Error::e_explain(ErrorType::ReadTimedout, "health check timed out"),
                 }
@@ -352,7 +465,6 @@ mod tests {
                 selection,
                 health_check: HealthCheck::None,
             },
-            ServiceStats::detached(),
         )
         .unwrap()
     }
@@ -445,7 +557,6 @@ mod tests {
                 selection: Selection::RoundRobin,
                 health_check: HealthCheck::Tcp { interval_ms: 10 },
             },
-            ServiceStats::detached(),
         )
         .unwrap();
         each_balancer!(&ups.balancer, lb => lb.backends().run_health_check(false).await);

@@ -137,7 +137,7 @@ impl Builder<'_> {
 
         let kind = match body_key {
             "connectors" => {
-                let (load_balance, upstreams) = self.connectors(body)?;
+                let (load_balance, upstreams, discovery) = self.connectors(body)?;
                 let path_control = match find("path-control") {
                     Some(n) => self.path_control(n),
                     None => PathControl::default(),
@@ -151,6 +151,7 @@ impl Builder<'_> {
                     upstreams,
                     path_control,
                     rate_limiting,
+                    discovery,
                 })
             }
             "file-server" => ServiceKind::FileServer(self.file_server(body)?),

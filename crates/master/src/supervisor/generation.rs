@@ -6,6 +6,7 @@ use nix::sys::signal::Signal;
 use river_ipc::ToWorker;
 
 use super::Reply;
+use crate::discovery::GenerationDiscovery;
 use crate::inputs::GenerationInputs;
 use crate::process::WorkerHandle;
 
@@ -56,6 +57,8 @@ pub(super) struct Generation {
     pub(super) drain_started: Option<Instant>,
     /// Callers waiting for this generation's reload outcome.
     pub(super) waiters: Vec<Reply>,
+    /// With `discovery "Dns"`: its resolver and discovered sets.
+    pub(super) discovery: Option<GenerationDiscovery>,
 }
 
 impl Generation {

@@ -84,6 +84,11 @@ impl Supervisor {
                             .map(|d| d.saturating_duration_since(now).as_secs()),
                         _ => None,
                     },
+                    discovery: gen
+                        .discovery
+                        .as_ref()
+                        .map(|d| d.status())
+                        .unwrap_or_default(),
                 })
                 .collect(),
             reloads: self.metrics.recent_reloads(5),

@@ -1,6 +1,7 @@
 //! The master's event loop: generations of workers, reloads, supervision,
 //! shutdown. Single-threaded: every state change happens on this loop.
 
+mod discovery;
 mod generation;
 mod health;
 mod reload;
@@ -350,6 +351,7 @@ impl Supervisor {
             self.sample_memory();
         }
         self.restart_due_workers(now).await;
+        self.discovery_tick(now);
         self.start_deferred_when_room().await;
         self.advance_shutdown(now);
         self.upgrade_tick(now);

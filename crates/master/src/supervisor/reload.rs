@@ -9,6 +9,7 @@ use river_ipc::{ControlResponse, ToWorker};
 use super::*;
 use river_config::Config;
 
+use crate::discovery::GenerationDiscovery;
 use crate::inputs::GenerationInputs;
 use crate::process::spawn_worker;
 
@@ -213,6 +214,7 @@ impl Supervisor {
             kill_at: None,
             drain_started: None,
             waiters,
+            discovery: GenerationDiscovery::start(number, &config, &self.events_tx),
         };
         for index in 0..config.system.workers {
             match spawn_worker(number, index, &generation.inputs, self.events_tx.clone()) {
@@ -278,7 +280,7 @@ impl Supervisor {
         for slot in &mut gen.slots {
             slot.accepting = true;
         }
-        gen.send_all(&ToWorker::Serve);
+        gen.serve_all();
         let sockets = gen.inputs.sockets.clone();
         for gen in &mut self.generations {
             if gen.number != number {

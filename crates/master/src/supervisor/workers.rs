@@ -36,13 +36,16 @@ impl Supervisor {
                             // A replacement joins its generation at once.
                             State::Serving => {
                                 slot.accepting = true;
-                                if let Some(worker) = &slot.handle {
-                                    worker.send(ToWorker::Serve);
+                                if let Some(worker) = slot.handle.clone() {
+                                    gen.serve(&worker);
                                 }
                             }
                             // A new generation serves only once all its
-                            // workers are ready (two-phase start).
-                            State::Starting if gen.slots.iter().all(|s| s.ready) => {
+                            // workers are ready (two-phase start), and its
+                            // names were looked up once.
+                            State::Starting
+                                if gen.slots.iter().all(|s| s.ready) && gen.discovery_ready() =>
+                            {
                                 self.promote(generation).await;
                             }
                             _ => {}
@@ -68,6 +71,7 @@ impl Supervisor {
                 self.on_worker_exit(generation, index, pid, status);
                 self.start_deferred_when_room().await;
             }
+            WorkerEvent::Discovery(event) => self.on_discovery_event(event).await,
         }
     }
 
