@@ -15,6 +15,7 @@ use river_tests::client::{self, Connection};
 use river_tests::dns::{serving, status_json, upstreams_on_one_port, Dns, Srv};
 use river_tests::features::{reload_fails, reload_ok};
 use river_tests::load::Load;
+use river_tests::metrics::scrape;
 use river_tests::river::River;
 use river_tests::upstream::Upstream;
 use river_tests::{free_port, local, wait_for};
@@ -110,12 +111,17 @@ fn dns_down_for_10_s_keeps_the_last_set_then_follows_a_change() {
     let mut dns = Dns::start(&[("api.test", &[TWO])], &[]);
     let proxy = free_port();
     let river = River::start(
-        "    workers 2",
+        "    workers 2\n    metrics \"$DIR/metrics.sock\"",
         &discovered_service(proxy, &dns, "\"RoundRobin\"", &[format!("api.test:{port}")]),
     );
     let before = serving(&river);
     let load = Load::keep_alive(local(proxy), 4, "/");
     receives_traffic(&ups[0], FOLLOW);
+    let name = format!("api.test:{port}");
+    let labels = [("service", "Api"), ("name", name.as_str())];
+    let m = scrape(&river.metrics_socket());
+    assert_eq!(m.get("river_upstream_discovered", &labels), Some(1.0));
+    assert_eq!(m.get("river_discovery_errors_total", &labels), None);
 
     dns.stop();
     let outage = Instant::now();
@@ -129,6 +135,9 @@ fn dns_down_for_10_s_keeps_the_last_set_then_follows_a_change() {
         })
     });
     assert!(!error.is_empty());
+    let m = scrape(&river.metrics_socket());
+    assert!(m.get("river_discovery_errors_total", &labels) >= Some(1.0));
+    assert_eq!(m.get("river_upstream_discovered", &labels), Some(1.0));
     while outage.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -349,6 +349,17 @@ impl GenerationDiscovery {
 
     /// Every known set, in config order: what a worker that starts serving
     /// is sent first.
+    /// (service, name, backends now) for every name (metrics).
+    pub fn backend_counts(&self) -> Vec<(String, String, u64)> {
+        self.names
+            .iter()
+            .map(|((service, name), state)| {
+                let n = state.backends.as_ref().map_or(0, |b| b.len() as u64);
+                (service.clone(), name.clone(), n)
+            })
+            .collect()
+    }
+
     pub fn sets(&self) -> Vec<DiscoveredSet> {
         self.order
             .iter()

@@ -23,7 +23,7 @@ use river_ipc::stats::{CODE_CLASSES, DURATION_BUCKETS, UPSTREAM_ERROR_KINDS};
 use river_ipc::{KillReason, ReloadOutcome};
 
 use super::boards::ServiceTotals;
-use super::names::{self, process, service, Kind};
+use super::names::{self, discovery, process, service, Kind};
 
 /// The content type of the exposition.
 pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
@@ -86,6 +86,10 @@ pub struct Scrape {
     /// (generation, worker index, bytes).
     pub worker_memory: Vec<(u64, usize, u64)>,
     pub master_start: f64,
+    /// (service, name, backends) of the serving generation's discovered names.
+    pub discovered: Vec<(String, String, u64)>,
+    /// Failed lookups by (service, name), since the master started.
+    pub discovery_errors: BTreeMap<(String, String), u64>,
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
@@ -207,7 +211,7 @@ impl Scrape {
                 .map(|(reason, n)| counter(&[("reason", reason.as_str())], *n as f64))
                 .collect::<Vec<_>>()
         };
-        let version = env!("CARGO_PKG_VERSION");
+        let version = river_ipc::VERSION;
         [
             family(service::REQUESTS, requests),
             family(service::REQUEST_DURATION, durations),
@@ -295,6 +299,24 @@ impl Scrape {
                 process::BUILD_INFO,
                 vec![gauge(&[("version", version)], 1.0)],
             ),
+            family(
+                discovery::DISCOVERED,
+                self.discovered
+                    .iter()
+                    .map(|(service, name, n)| {
+                        gauge(&[("service", service), ("name", name)], *n as f64)
+                    })
+                    .collect(),
+            ),
+            family(
+                discovery::ERRORS,
+                self.discovery_errors
+                    .iter()
+                    .map(|((service, name), n)| {
+                        counter(&[("service", service), ("name", name)], *n as f64)
+                    })
+                    .collect(),
+            ),
         ]
         .into_iter()
         .flatten()
@@ -355,6 +377,9 @@ mod tests {
             workers_killed: [1, 0, 0],
             worker_memory: vec![(4, 0, 12 << 20)],
             master_start: 1.7e9,
+            discovered: vec![("we \"quote\"".to_owned(), "api.internal:80".to_owned(), 3)],
+            discovery_errors: [(("we \"quote\"".to_owned(), "api.internal:80".to_owned()), 2)]
+                .into(),
         }
     }
 

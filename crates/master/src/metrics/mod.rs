@@ -34,6 +34,8 @@ pub struct Process {
     pub workers: [u64; 3],
     /// (generation, worker index, resident bytes) of each live worker.
     pub worker_memory: Vec<(u64, usize, u64)>,
+    /// (service, name, backends) of the serving generation's discovered names.
+    pub discovered: Vec<(String, String, u64)>,
 }
 
 pub struct Metrics {
@@ -48,6 +50,8 @@ pub struct Metrics {
     connections_cut: [u64; 3],
     workers_killed: [u64; 3],
     master_start: f64,
+    /// Failed lookups by (service, name).
+    discovery_errors: std::collections::BTreeMap<(String, String), u64>,
 }
 
 impl Default for Metrics {
@@ -78,6 +82,7 @@ impl Metrics {
             connections_cut: [0; 3],
             workers_killed: [0; 3],
             master_start: now,
+            discovery_errors: Default::default(),
         }
     }
 
@@ -214,7 +219,17 @@ impl Metrics {
             workers_killed: self.workers_killed,
             worker_memory: process.worker_memory,
             master_start: self.master_start,
+            discovered: process.discovered,
+            discovery_errors: self.discovery_errors.clone(),
         }
+    }
+
+    /// A resolver reported a failed lookup of `name` (service discovery).
+    pub fn discovery_failed(&mut self, service: &str, name: &str) {
+        *self
+            .discovery_errors
+            .entry((service.to_owned(), name.to_owned()))
+            .or_default() += 1;
     }
 
     /// The exposition text.
@@ -261,6 +276,7 @@ mod tests {
             serving: Some(1),
             workers: [0, 4, 0],
             worker_memory: (0..4).map(|w| (1, w, 30 << 20)).collect(),
+            discovered: Vec::new(),
         };
         let _warm = metrics.render(process());
         let runs = 20;

@@ -58,6 +58,13 @@ pub mod process {
     pub const BUILD_INFO: &str = "river_build_info";
 }
 
+/// Service discovery (`discovery "Dns"`), kept by the master from its
+/// resolvers' answers.
+pub mod discovery {
+    pub const DISCOVERED: &str = "river_upstream_discovered";
+    pub const ERRORS: &str = "river_discovery_errors_total";
+}
+
 /// Every family, in the order of the exposition.
 pub const ALL: &[Family] = &[
     Family {
@@ -179,6 +186,18 @@ pub const ALL: &[Family] = &[
         kind: Kind::Gauge,
         labels: &["version"],
         help: "Always 1; the version of the running master.",
+    },
+    Family {
+        name: discovery::DISCOVERED,
+        kind: Kind::Gauge,
+        labels: &["service", "name"],
+        help: "Backends the serving generation currently has from a discovered DNS name.",
+    },
+    Family {
+        name: discovery::ERRORS,
+        kind: Kind::Counter,
+        labels: &["service", "name"],
+        help: "Failed lookups of a discovered DNS name (the last good set is kept).",
     },
 ];
 

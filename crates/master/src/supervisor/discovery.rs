@@ -63,6 +63,9 @@ impl Supervisor {
                 pid,
                 message,
             } => {
+                if let river_ipc::FromResolver::Failed { service, name, .. } = &message {
+                    self.metrics.discovery_failed(service, name); // metrics
+                }
                 let Some(gen) = self.generation_mut(generation) else {
                     return;
                 };

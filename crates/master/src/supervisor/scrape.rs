@@ -17,6 +17,11 @@ impl Supervisor {
             };
             if gen.state == State::Serving {
                 process.serving = Some(gen.number);
+                process.discovered = gen
+                    .discovery
+                    .as_ref()
+                    .map(|d| d.backend_counts())
+                    .unwrap_or_default();
             }
             for (index, slot) in gen.slots.iter().enumerate() {
                 if let Some(handle) = &slot.handle {
