@@ -11,8 +11,6 @@
 //! reach workers is in `supervisor/discovery.rs`.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, RawFd};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,8 +23,6 @@ use tokio::sync::{mpsc::UnboundedSender, oneshot};
 
 use crate::process::WorkerEvent;
 
-/// The descriptor number of the IPC channel in the resolver.
-const RESOLVER_IPC_FD: RawFd = 3;
 /// The largest frame taken from a resolver: a full set is ~60 KiB of JSON.
 const MAX_RESOLVER_FRAME: usize = 256 * 1024;
 /// The longest error text kept from a resolver.
@@ -163,7 +159,7 @@ impl GenerationDiscovery {
     }
 
     fn schedule_restart(&mut self) {
-        let delay = restart_delay(self.failures);
+        let delay = crate::process::restart_delay(self.failures, MAX_RESTART_DELAY);
         self.failures += 1;
         self.restart_at = Some(Instant::now() + delay);
     }
@@ -416,14 +412,6 @@ fn check_set(backends: &[DiscoveredBackend]) -> Result<(), String> {
     Ok(())
 }
 
-/// 0 for the first failure, then 100 ms doubling up to MAX_RESTART_DELAY.
-fn restart_delay(failures: u32) -> Duration {
-    if failures == 0 {
-        return Duration::ZERO;
-    }
-    (Duration::from_millis(100) * 2u32.pow((failures - 1).min(16))).min(MAX_RESTART_DELAY)
-}
-
 /// Start `river resolver` for `generation`, as a worker is started: this
 /// binary re-executed with one inherited descriptor, its end of a socketpair.
 fn spawn_resolver(
@@ -431,34 +419,12 @@ fn spawn_resolver(
     config: &Arc<Config>,
     events: UnboundedSender<WorkerEvent>,
 ) -> std::io::Result<ResolverProcess> {
-    let (master_end, resolver_end) = river_ipc::socketpair()?;
-    let child_fd = resolver_end.as_raw_fd();
-    let mut command = tokio::process::Command::new("/proc/self/exe");
-    command
-        .arg0(format!("river: resolver (generation {generation})"))
-        .arg("resolver")
-        .arg("--ipc-fd")
-        .arg(RESOLVER_IPC_FD.to_string())
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        // The master's exit must not leave a resolver behind.
-        .kill_on_drop(true);
-    // SAFETY: the closure runs between fork and exec and calls only
-    // async-signal-safe functions (dup2, fcntl).
-    unsafe {
-        command.pre_exec(move || {
-            if child_fd == RESOLVER_IPC_FD {
-                if libc::fcntl(child_fd, libc::F_SETFD, 0) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(child_fd, RESOLVER_IPC_FD) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = command.spawn()?;
-    drop(resolver_end);
+    // The master's exit must not leave a resolver behind: kill on drop.
+    let (child, master_end) = crate::process::spawn_with_ipc(
+        "resolver",
+        format!("river: resolver (generation {generation})"),
+        true,
+    )?;
     let pid = child.id().unwrap_or(0);
     let channel = Channel::with_max_frame_len(master_end, MAX_RESOLVER_FRAME)?;
     let (kill, killed) = oneshot::channel();

@@ -15,7 +15,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::inputs::GenerationInputs;
 
-/// The descriptor number of the IPC channel in a worker.
+/// The descriptor number of the IPC channel in a worker (or resolver).
 pub const WORKER_IPC_FD: RawFd = 3;
 
 /// What a worker's watcher task reports to the master's loop.
@@ -115,28 +115,25 @@ impl WorkerHandle {
     }
 }
 
-/// Start worker `index` of `generation`. Its watcher task hands it its inputs
-/// (the Hello, which may be large, so never on the master's loop: a worker
-/// stopped right after exec must not stall it), then reports its messages and
-/// its exit on `events`.
-pub fn spawn_worker(
-    generation: u64,
-    index: usize,
-    inputs: &GenerationInputs,
-    events: UnboundedSender<WorkerEvent>,
-) -> Result<WorkerHandle, SpawnError> {
-    let (master_end, worker_end) = river_ipc::socketpair()?;
-    let child_fd = worker_end.as_raw_fd();
-
+/// Start this binary again as `river SUBCOMMAND --ipc-fd 3` (a worker, a
+/// resolver), named `title` in ps, with one inherited descriptor: its end of a
+/// socketpair. Returns the child and the master's end.
+pub fn spawn_with_ipc(
+    subcommand: &str,
+    title: String,
+    kill_on_drop: bool,
+) -> std::io::Result<(tokio::process::Child, OwnedFd)> {
+    let (master_end, child_end) = river_ipc::socketpair()?;
+    let child_fd = child_end.as_raw_fd();
     let mut command = tokio::process::Command::new("/proc/self/exe");
     command
-        .arg0(format!("river: worker process (generation {generation})"))
-        .arg("worker")
+        .arg0(title)
+        .arg(subcommand)
         .arg("--ipc-fd")
         .arg(WORKER_IPC_FD.to_string())
         .env_remove("NOTIFY_SOCKET") // only the master speaks to systemd
         .stdin(Stdio::null())
-        .kill_on_drop(false);
+        .kill_on_drop(kill_on_drop);
     // SAFETY: the closure runs between fork and exec and calls only
     // async-signal-safe functions (dup2, fcntl).
     unsafe {
@@ -152,7 +149,35 @@ pub fn spawn_worker(
         });
     }
     let child = command.spawn()?;
-    drop(worker_end);
+    drop(child_end);
+    Ok((child, master_end))
+}
+
+/// 0 for the first failure, then 100 ms doubling up to `max`: how long a
+/// master waits before it starts a child that keeps dying again.
+pub fn restart_delay(failures: u32, max: std::time::Duration) -> std::time::Duration {
+    if failures == 0 {
+        return std::time::Duration::ZERO;
+    }
+    let exponent = (failures - 1).min(16);
+    (std::time::Duration::from_millis(100) * 2u32.pow(exponent)).min(max)
+}
+
+/// Start worker `index` of `generation`. Its watcher task hands it its inputs
+/// (the Hello, which may be large, so never on the master's loop: a worker
+/// stopped right after exec must not stall it), then reports its messages and
+/// its exit on `events`.
+pub fn spawn_worker(
+    generation: u64,
+    index: usize,
+    inputs: &GenerationInputs,
+    events: UnboundedSender<WorkerEvent>,
+) -> Result<WorkerHandle, SpawnError> {
+    let (child, master_end) = spawn_with_ipc(
+        "worker",
+        format!("river: worker process (generation {generation})"),
+        false,
+    )?;
     let pid = child.id().unwrap_or(0);
     let channel = Arc::new(Channel::new(master_end)?);
     let hello = Hello {

@@ -176,11 +176,7 @@ impl Supervisor {
 
 /// 0 for the first failure, then 100 ms doubling up to MAX_RESTART_DELAY.
 pub(super) fn restart_delay(failures: u32) -> Duration {
-    if failures == 0 {
-        return Duration::ZERO;
-    }
-    let exponent = (failures - 1).min(16);
-    (Duration::from_millis(100) * 2u32.pow(exponent)).min(MAX_RESTART_DELAY)
+    crate::process::restart_delay(failures, MAX_RESTART_DELAY)
 }
 
 #[cfg(test)]
