@@ -56,22 +56,14 @@ macro_rules! delegate_connection_info {
 }
 
 mod access_log;
-mod app;
-mod balance;
-mod buffered;
-mod chunked;
-mod cidr;
-mod file_server;
-mod filters;
-mod h1_proxy;
+mod content;
+mod front;
+mod http1;
+mod listen;
+mod policy;
 mod privileges;
-mod rate_limit;
-mod respond;
-mod rewind;
-mod serve;
-mod tls;
-mod upstreams;
-mod welcome;
+mod proxy;
+mod service;
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -84,8 +76,13 @@ use river_config::ListenAddress;
 use river_ipc::{Channel, FromWorker, Hello, IpcError, ToWorker};
 use tokio::sync::watch;
 
-pub use app::{BuildError, RiverApp};
+use front::Front;
+use listen::balance::Board;
+use listen::{accept, tls};
+use service::Service;
+
 pub use privileges::{drop_privileges, Outcome as PrivilegeOutcome, PrivilegeError};
+pub use service::BuildError;
 
 /// How often a worker tells the master how many connections it holds.
 const LOAD_REPORT_INTERVAL: Duration = Duration::from_millis(500);
@@ -109,7 +106,7 @@ pub enum WorkerError {
     #[error(transparent)]
     Build(#[from] BuildError),
     #[error("connection counter: {0}")]
-    Board(#[from] balance::BoardError),
+    Board(#[from] listen::balance::BoardError),
     #[error("start-up failure injected by the test hook ({0} exists)")]
     FaultInjected(String),
 }
@@ -215,8 +212,8 @@ struct Running {
     stop_accepting: watch::Sender<bool>,
     /// pingora's shutdown flag: next responses carry `Connection: close`.
     shutdown: watch::Sender<bool>,
-    connections: serve::ConnectionCount,
-    apps: Vec<Arc<h1_proxy::Front>>,
+    connections: accept::ConnectionCount,
+    apps: Vec<Arc<Front>>,
 }
 
 async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerError> {
@@ -231,12 +228,13 @@ async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerEr
     // The balance board, when there is one, travels last. Without it, the
     // worker still serves; connections may just spread less evenly.
     let board = match hello.balance.then(|| fds.pop()).flatten() {
-        Some(fd) => balance::Board::map(fd, hello.config.system.workers, hello.worker_index)
-            .or_else(|err| {
+        Some(fd) => {
+            Board::map(fd, hello.config.system.workers, hello.worker_index).or_else(|err| {
                 tracing::warn!("accepting without the balance board: {err}");
-                balance::Board::alone()
-            }),
-        None => balance::Board::alone(),
+                Board::alone()
+            })
+        }
+        None => Board::alone(),
     }?;
     // The access log, when there is one, travels after the listeners.
     let access_log = match hello.access_log.then(|| fds.pop()).flatten() {
@@ -259,16 +257,13 @@ async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerEr
 
     let (stop_accepting, stop_rx) = watch::channel(false);
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let connections = serve::ConnectionCount::new(board);
+    let connections = accept::ConnectionCount::new(board);
     let mut apps = Vec::new();
     let mut loops = Vec::new();
     for service in &hello.config.services {
-        let river_app = RiverApp::build(service, access_log.clone())?;
-        let forwarder = river_app.forwarder();
-        let app = Arc::new(h1_proxy::Front::new(
-            Arc::new(pingora_proxy::http_proxy(&server_conf, river_app)),
-            forwarder,
-        ));
+        let compiled = Arc::new(Service::build(service, access_log.clone())?);
+        tracing::debug!(service = %compiled.name, "service built");
+        let app = Arc::new(Front::new(compiled, &server_conf));
         for listener in &service.listeners {
             let fd = sockets
                 .remove(&listener.address)
@@ -282,13 +277,13 @@ async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerEr
                 None => None,
             };
             let endpoint = Arc::new(tls::Endpoint::new(app.clone(), acceptor));
-            loops.push((serve::Inherited::adopt(&listener.address, fd)?, endpoint));
+            loops.push((accept::Inherited::adopt(&listener.address, fd)?, endpoint));
         }
         apps.push(app);
     }
     let mut accept_loops = Vec::new();
     for (listener, app) in loops {
-        accept_loops.push(tokio::spawn(serve::accept_loop(
+        accept_loops.push(tokio::spawn(accept::accept_loop(
             listener,
             app,
             stop_rx.clone(),

@@ -65,8 +65,6 @@ impl<'a> Builder<'a> {
         node.name().span()
     }
 
-    /// Reports extra arguments, unknown or repeated properties and unwanted blocks.
-
     pub(crate) fn config(&mut self, doc: &KdlDocument) -> Option<Config> {
         let mut system = None;
         let mut services = Vec::new();

@@ -6,7 +6,7 @@
 //! moved around. The common case, a plain HTTP/1.1 request to upstreams that
 //! speak plain HTTP/1.1, does not need any of it. Here, as in nginx, header
 //! lines are copied from one buffer to the other, with the policies of the
-//! pingora path in `app.rs`: admission (CIDR, rate limits), selection and
+//! pingora path in `proxy/app.rs`: admission (CIDR, rate limits), selection and
 //! retries, header filters, X-Forwarded-*, access log, draining.
 //!
 //! Anything else goes to pingora with the bytes read so far put back in front
@@ -16,27 +16,24 @@
 //! pingora's tested behaviour, and the fast path stays small.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
-use pingora_core::apps::ServerApp;
-use pingora_core::protocols::{Stream, ALPN};
+use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
-use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::access_log::{AccessLog, Entry};
-use crate::app::{Proxy, RiverApp};
-use crate::chunked::ChunkedScanner;
-use crate::filters::HeaderPlan;
-use crate::respond::{reason, status_body};
-use crate::rewind::Rewind;
-use crate::upstreams::CONNECT_TIMEOUT;
+use crate::content::respond::{reason, status_body};
+use crate::http1::chunked::ChunkedScanner;
+use crate::http1::pool::Pool;
+use crate::http1::rewind::Rewind;
+use crate::policy::headers::HeaderPlan;
+use crate::proxy::upstreams::CONNECT_TIMEOUT;
+use crate::service::{Logic, Proxy, Service};
 
 /// Requests with more header lines go to pingora (which allows more, or
 /// answers the error).
@@ -46,61 +43,10 @@ const MAX_HEAD: usize = 64 * 1024;
 /// As pingora: a keep-alive connection idle for this long is closed. A
 /// request head must also be complete by then (nginx's client_header_timeout).
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
-/// Idle upstream connections kept per upstream, and for how long.
-const POOL_PER_UPSTREAM: usize = 128;
-const POOL_IDLE: Duration = Duration::from_secs(30);
 /// Read size for bodies.
 const BODY_CHUNK: usize = 64 * 1024;
 /// Between requests a connection keeps buffers up to this size.
 const IDLE_BUFFER_MAX: usize = 16 * 1024;
-
-/// A service's connection handler: the forwarder when it can take the
-/// connection, pingora otherwise.
-pub struct Front {
-    pingora: Arc<HttpProxy<RiverApp>>,
-    forwarder: Option<Forwarder>,
-}
-
-impl Front {
-    pub fn new(pingora: Arc<HttpProxy<RiverApp>>, forwarder: Option<Forwarder>) -> Self {
-        Front { pingora, forwarder }
-    }
-
-    /// The worker drains: close the idle upstream connections. A draining
-    /// worker serves few more requests, and when River proxies to itself, an
-    /// idle pooled connection is a keep-alive client that would hold some
-    /// draining worker (maybe this one) open until its idle timeout.
-    pub fn begin_drain(&self) {
-        if let Some(forwarder) = &self.forwarder {
-            forwarder.pool.close();
-        }
-    }
-}
-
-#[async_trait]
-impl ServerApp for Front {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let stream = match &self.forwarder {
-            Some(forwarder) if !matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) => {
-                Box::new(forwarder.serve(stream, shutdown).await?)
-            }
-            _ => stream,
-        };
-        self.pingora.process_new(stream, shutdown).await
-    }
-
-    async fn cleanup(&self) {
-        self.begin_drain();
-        if let Some(forwarder) = &self.forwarder {
-            forwarder.idle_close.notify_waiters();
-        }
-        self.pingora.cleanup().await;
-    }
-}
 
 /// The fast path of one proxy service.
 pub struct Forwarder {
@@ -187,25 +133,39 @@ enum Framing {
 }
 
 impl Forwarder {
-    pub(crate) fn new(
-        proxy: Arc<Proxy>,
-        access_log: Option<AccessLog>,
-        request_plan: HeaderPlan,
-        response_plan: HeaderPlan,
-    ) -> Self {
-        Forwarder {
-            proxy,
-            access_log,
-            request_plan,
-            response_plan,
+    /// The HTTP/1 fast path of `service`, if it is a proxy whose upstreams
+    /// all speak plain HTTP/1.1 (TLS and h2 upstreams stay with pingora).
+    pub fn for_service(service: &Service) -> Option<Forwarder> {
+        let Logic::Proxy(proxy) = &service.logic else {
+            return None;
+        };
+        if !proxy.upstreams.all_plain_h1() {
+            return None;
+        }
+        Some(Forwarder {
+            proxy: proxy.clone(),
+            access_log: service.access_log.clone(),
+            request_plan: HeaderPlan::new(&proxy.upstream_request),
+            response_plan: HeaderPlan::new(&proxy.upstream_response),
             pool: Pool::default(),
             idle_close: Notify::new(),
-        }
+        })
+    }
+
+    /// The worker drains: keep no upstream connection from now on.
+    pub fn begin_drain(&self) {
+        self.pool.close();
+    }
+
+    /// Close the connections waiting for a next request (no generation
+    /// takes over).
+    pub fn close_idle(&self) {
+        self.idle_close.notify_waiters();
     }
 
     /// Serve `down` until it closes, or return it (with what was read of the
     /// next request) for pingora.
-    async fn serve(&self, down: Stream, shutdown: &ShutdownWatch) -> Option<Rewind> {
+    pub async fn serve(&self, down: Stream, shutdown: &ShutdownWatch) -> Option<Rewind> {
         let client = down
             .get_socket_digest()
             .and_then(|d| Some(d.peer_addr()?.as_inet()?.ip()));
@@ -356,7 +316,7 @@ impl Forwarder {
             }
         }
         if !has_host {
-            // pingora names the upstream in a Host it adds (app.rs).
+            // pingora names the upstream in a Host it adds (proxy/app.rs).
             return Parsed::Pass;
         }
         if let Some(ip) = c.client {
@@ -397,7 +357,7 @@ impl Forwarder {
 
     /// Admit, pick an upstream and exchange; retry as the pingora path does.
     async fn handle(&self, c: &mut Connection, req: &Request, shutdown: &ShutdownWatch) -> Outcome {
-        if let Some(status) = self.proxy.admission(c.client, &c.path) {
+        if let Some(status) = self.proxy.admission.check(c.client, &c.path) {
             // A refused request's body is not read; the connection closes
             // unless there is none.
             let keep = req.body_len == 0 && !req.client_close && !*shutdown.borrow();
@@ -832,75 +792,6 @@ impl Known {
     }
 }
 
-/// Idle upstream connections, newest first out.
-#[derive(Default)]
-struct Pool {
-    idle: Mutex<Vec<(SocketAddr, Vec<Idle>)>>,
-    /// Set when the worker drains: connections are closed, not kept.
-    closed: std::sync::atomic::AtomicBool,
-}
-
-struct Idle {
-    stream: TcpStream,
-    since: Instant,
-}
-
-impl Pool {
-    fn take(&self, address: SocketAddr) -> Option<TcpStream> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let (_, streams) = idle.iter_mut().find(|(a, _)| *a == address)?;
-        while let Some(idle) = streams.pop() {
-            if idle.since.elapsed() < POOL_IDLE && still_idle(&idle.stream) {
-                return Some(idle.stream);
-            }
-        }
-        None
-    }
-
-    fn put(&self, address: SocketAddr, stream: TcpStream) {
-        if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
-            return;
-        }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let streams = match idle.iter().position(|(a, _)| *a == address) {
-            Some(i) => &mut idle[i].1,
-            None => {
-                idle.push((address, Vec::new()));
-                &mut idle.last_mut().expect("just pushed").1
-            }
-        };
-        if streams.len() < POOL_PER_UPSTREAM {
-            streams.push(Idle {
-                stream,
-                since: Instant::now(),
-            });
-        }
-    }
-}
-
-impl Pool {
-    #[cfg(test)]
-    fn idle_count(&self) -> usize {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.iter().map(|(_, streams)| streams.len()).sum()
-    }
-
-    /// Close every idle connection and keep none from now on.
-    fn close(&self) {
-        self.closed
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    }
-}
-
-/// An idle upstream connection has nothing to read; if it has (its close,
-/// most likely), it is not reused. The runtime's readiness tells without a
-/// syscall.
-fn still_idle(stream: &TcpStream) -> bool {
-    let mut cx = Context::from_waker(Waker::noop());
-    matches!(stream.poll_read_ready(&mut cx), Poll::Pending)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -982,9 +873,8 @@ mod tests {
                 "services {{ P {{ listeners {{ \"127.0.0.1:1\" }}\n connectors {{ \"{address}\" }} }} }}"
             );
             let config = river_config::parse(&source, "test.kdl").unwrap();
-            let app = RiverApp::build(&config.services[0], None).unwrap();
-            let forwarder = app
-                .forwarder()
+            let service = Service::build(&config.services[0], None).unwrap();
+            let forwarder = Forwarder::for_service(&service)
                 .expect("plain HTTP/1.1 upstreams take the fast path");
             (forwarder, accepted)
         }

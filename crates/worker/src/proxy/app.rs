@@ -1,74 +1,28 @@
-//! The pingora application behind every River service. Proxy services forward
-//! upstream; the others answer in `request_filter`, so keep-alive, draining and
-//! logging behave the same for all of them.
+//! The pingora application behind every River service (pingora-proxy's
+//! phases only). Proxy services forward upstream; the others answer in
+//! `request_filter`, so keep-alive, draining and logging behave the same for
+//! all of them. What a service is lives in `service.rs`; the policies it
+//! calls in `policy/`, the answers it writes in `content/`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use river_config::{ProxyService, RequestFilter, Service, ServiceKind};
 
-use crate::access_log::{AccessLog, Entry};
-use crate::cidr::CidrBlocklist;
-use crate::file_server::FileServer;
-use crate::filters::{apply_all, compile_all, CompiledHeaderFilter, FilterError, HeaderPlan};
-use crate::h1_proxy::Forwarder;
-use crate::rate_limit::{RateLimitError, RateLimiter};
-use crate::respond::{respond, respond_status, status_body};
-use crate::upstreams::{peer, UpstreamError, Upstreams};
+use crate::access_log::Entry;
+use crate::content::respond::{respond, respond_status, status_body};
+use crate::policy::headers::apply_all;
+use crate::proxy::upstreams::peer;
+use crate::service::{Logic, Service};
 
-/// One configured service, built once per generation.
+/// The pingora application of one service.
 pub struct RiverApp {
-    name: String,
-    logic: Logic,
-    access_log: Option<AccessLog>,
-}
-
-enum Logic {
-    Proxy(Arc<Proxy>),
-    Files(FileServer),
-    Static(Bytes),
-}
-
-pub(crate) struct Proxy {
-    pub(crate) upstreams: Arc<Upstreams>,
-    blocked: CidrBlocklist,
-    rate_limiter: RateLimiter,
-    upstream_request: Vec<CompiledHeaderFilter>,
-    upstream_response: Vec<CompiledHeaderFilter>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error("service `{service}`: {source}")]
-    Filter {
-        service: String,
-        source: FilterError,
-    },
-    #[error("service `{service}`: {source}")]
-    RateLimit {
-        service: String,
-        source: RateLimitError,
-    },
-    #[error("service `{service}`: {source}")]
-    Upstreams {
-        service: String,
-        source: UpstreamError,
-    },
-    #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
-    #[error("service `{service}`: file-server base-path {path}: {source}")]
-    BasePath {
-        service: String,
-        path: String,
-        source: std::io::Error,
-    },
+    service: Arc<Service>,
 }
 
 /// Per-request state.
@@ -81,99 +35,8 @@ pub struct RequestCtx {
 }
 
 impl RiverApp {
-    /// Build `service`; must run inside the worker's runtime (health checks
-    /// are spawned on it).
-    pub fn build(service: &Service, access_log: Option<AccessLog>) -> Result<Self, BuildError> {
-        let logic = match &service.kind {
-            ServiceKind::Proxy(proxy) => {
-                Logic::Proxy(Arc::new(Proxy::build(&service.name, proxy)?))
-            }
-            ServiceKind::WelcomePage => Logic::Static(Bytes::from(crate::welcome::page())),
-            ServiceKind::FileServer(files) => {
-                Logic::Files(FileServer::new(&files.base_path).map_err(|source| {
-                    BuildError::BasePath {
-                        service: service.name.clone(),
-                        path: files.base_path.display().to_string(),
-                        source,
-                    }
-                })?)
-            }
-        };
-        Ok(RiverApp {
-            name: service.name.clone(),
-            logic,
-            access_log,
-        })
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The HTTP/1 fast path of this service, if it is a proxy whose upstreams
-    /// all speak plain HTTP/1.1 (TLS and h2 upstreams stay with pingora).
-    pub fn forwarder(&self) -> Option<Forwarder> {
-        let Logic::Proxy(proxy) = &self.logic else {
-            return None;
-        };
-        if !proxy.upstreams.all_plain_h1() {
-            return None;
-        }
-        Some(Forwarder::new(
-            proxy.clone(),
-            self.access_log.clone(),
-            HeaderPlan::new(&proxy.upstream_request),
-            HeaderPlan::new(&proxy.upstream_response),
-        ))
-    }
-}
-
-impl Proxy {
-    fn build(service: &str, config: &ProxyService) -> Result<Self, BuildError> {
-        let filter_error = |source| BuildError::Filter {
-            service: service.to_owned(),
-            source,
-        };
-        let upstreams = Arc::new(
-            Upstreams::build(&config.upstreams, &config.load_balance).map_err(|source| {
-                BuildError::Upstreams {
-                    service: service.to_owned(),
-                    source,
-                }
-            })?,
-        );
-        upstreams.spawn_health_checks();
-        let blocked = CidrBlocklist::new(config.path_control.request_filters.iter().flat_map(
-            |filter| match filter {
-                RequestFilter::BlockCidrRange { addrs } => addrs.iter().copied(),
-            },
-        ));
-        Ok(Proxy {
-            upstreams,
-            blocked,
-            rate_limiter: RateLimiter::build(&config.rate_limiting).map_err(|source| {
-                BuildError::RateLimit {
-                    service: service.to_owned(),
-                    source,
-                }
-            })?,
-            upstream_request: compile_all(&config.path_control.upstream_request)
-                .map_err(filter_error)?,
-            upstream_response: compile_all(&config.path_control.upstream_response)
-                .map_err(filter_error)?,
-        })
-    }
-
-    /// The request filters and rate limits: Some(status) refuses the request.
-    pub(crate) fn admission(&self, client: Option<IpAddr>, path: &str) -> Option<u16> {
-        // River answers 400 to blocked clients; 403 says what happened.
-        if client.is_some_and(|ip| self.blocked.blocks(ip)) {
-            return Some(403);
-        }
-        if !self.rate_limiter.is_empty() && !self.rate_limiter.admit(client, path) {
-            return Some(429);
-        }
-        None
+    pub fn new(service: Arc<Service>) -> Self {
+        RiverApp { service }
     }
 }
 
@@ -194,10 +57,12 @@ impl ProxyHttp for RiverApp {
     }
 
     async fn request_filter(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Result<bool> {
-        match &self.logic {
+        match &self.service.logic {
             Logic::Proxy(proxy) => {
                 let client = client_ip(session);
-                let refused = proxy.admission(client, session.req_header().uri.path());
+                let refused = proxy
+                    .admission
+                    .check(client, session.req_header().uri.path());
                 match refused {
                     Some(status) => {
                         respond_status(session, status).await?;
@@ -222,7 +87,7 @@ impl ProxyHttp for RiverApp {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let Logic::Proxy(proxy) = &self.logic else {
+        let Logic::Proxy(proxy) = &self.service.logic else {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "service has no upstreams",
@@ -249,7 +114,7 @@ impl ProxyHttp for RiverApp {
         mut e: Box<Error>,
     ) -> Box<Error> {
         // Nothing was sent yet, so any request may go to another upstream.
-        if let (Logic::Proxy(proxy), Some(failed)) = (&self.logic, ctx.upstream) {
+        if let (Logic::Proxy(proxy), Some(failed)) = (&self.service.logic, ctx.upstream) {
             ctx.tried.push(failed);
             if ctx.tried.len() < proxy.upstreams.len() {
                 e.set_retry(true);
@@ -321,7 +186,7 @@ impl ProxyHttp for RiverApp {
             "http"
         };
         request.insert_header("x-forwarded-proto", scheme)?;
-        if let Logic::Proxy(proxy) = &self.logic {
+        if let Logic::Proxy(proxy) = &self.service.logic {
             apply_all(&proxy.upstream_request, request);
         }
         Ok(())
@@ -333,14 +198,14 @@ impl ProxyHttp for RiverApp {
         response: &mut ResponseHeader,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Logic::Proxy(proxy) = &self.logic {
+        if let Logic::Proxy(proxy) = &self.service.logic {
             apply_all(&proxy.upstream_response, response);
         }
         Ok(())
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        let Some(log) = &self.access_log else {
+        let Some(log) = &self.service.access_log else {
             return;
         };
         let request = session.req_header();

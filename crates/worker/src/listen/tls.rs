@@ -12,7 +12,7 @@ use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::Stream;
 
-use crate::buffered::WriteBuffered;
+use crate::listen::buffered::WriteBuffered;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::tls::{version, ServerConfig};
 use river_config::ListenAddress;
@@ -124,7 +124,7 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        // Accepted streams are pingora's L4 streams (see serve::Inherited).
+        // Accepted streams are pingora's L4 streams (see accept::Inherited).
         let l4 = match stream.into_any().downcast::<L4Stream>() {
             Ok(l4) => *l4,
             Err(_) => {

@@ -13,7 +13,7 @@ use river_config::ListenAddress;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
-use crate::balance::{Board, DEFER_TICK, MAX_DEFER};
+use crate::listen::balance::{Board, DEFER_TICK, MAX_DEFER};
 
 /// A listening socket received from the master, registered with this runtime.
 /// pingora's listener records each connection's peer address (X-Forwarded-For,

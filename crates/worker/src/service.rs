@@ -1,0 +1,123 @@
+//! A configured service compiled for one generation: what it serves (a proxy
+//! with its upstreams and policies, files, or a fixed page). Both request
+//! paths (`http1/` and `proxy/`) read it; it handles no connection itself.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use river_config::{ProxyService, ServiceKind};
+
+use crate::access_log::AccessLog;
+use crate::content::file_server::FileServer;
+use crate::policy::headers::{compile_all, CompiledHeaderFilter, FilterError};
+use crate::policy::rate_limit::RateLimitError;
+use crate::policy::Admission;
+use crate::proxy::upstreams::{UpstreamError, Upstreams};
+
+/// One configured service, built once per generation.
+pub struct Service {
+    pub name: String,
+    pub logic: Logic,
+    pub access_log: Option<AccessLog>,
+}
+
+/// What a service answers with.
+pub enum Logic {
+    Proxy(Arc<Proxy>),
+    Files(FileServer),
+    Static(Bytes),
+}
+
+/// A proxy service: its upstreams and the policies of its requests.
+pub struct Proxy {
+    pub upstreams: Arc<Upstreams>,
+    pub admission: Admission,
+    pub upstream_request: Vec<CompiledHeaderFilter>,
+    pub upstream_response: Vec<CompiledHeaderFilter>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("service `{service}`: {source}")]
+    Filter {
+        service: String,
+        source: FilterError,
+    },
+    #[error("service `{service}`: {source}")]
+    RateLimit {
+        service: String,
+        source: RateLimitError,
+    },
+    #[error("service `{service}`: {source}")]
+    Upstreams {
+        service: String,
+        source: UpstreamError,
+    },
+    #[error(transparent)]
+    Tls(#[from] crate::listen::tls::TlsError),
+    #[error("service `{service}`: file-server base-path {path}: {source}")]
+    BasePath {
+        service: String,
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl Service {
+    /// Build `service`; must run inside the worker's runtime (health checks
+    /// are spawned on it).
+    pub fn build(
+        service: &river_config::Service,
+        access_log: Option<AccessLog>,
+    ) -> Result<Self, BuildError> {
+        let logic = match &service.kind {
+            ServiceKind::Proxy(proxy) => {
+                Logic::Proxy(Arc::new(Proxy::build(&service.name, proxy)?))
+            }
+            ServiceKind::WelcomePage => Logic::Static(Bytes::from(crate::content::welcome::page())),
+            ServiceKind::FileServer(files) => {
+                Logic::Files(FileServer::new(&files.base_path).map_err(|source| {
+                    BuildError::BasePath {
+                        service: service.name.clone(),
+                        path: files.base_path.display().to_string(),
+                        source,
+                    }
+                })?)
+            }
+        };
+        Ok(Service {
+            name: service.name.clone(),
+            logic,
+            access_log,
+        })
+    }
+}
+
+impl Proxy {
+    fn build(service: &str, config: &ProxyService) -> Result<Self, BuildError> {
+        let filter_error = |source| BuildError::Filter {
+            service: service.to_owned(),
+            source,
+        };
+        let upstreams = Arc::new(
+            Upstreams::build(&config.upstreams, &config.load_balance).map_err(|source| {
+                BuildError::Upstreams {
+                    service: service.to_owned(),
+                    source,
+                }
+            })?,
+        );
+        upstreams.spawn_health_checks();
+        Ok(Proxy {
+            upstreams,
+            admission: Admission::build(config).map_err(|source| BuildError::RateLimit {
+                service: service.to_owned(),
+                source,
+            })?,
+            upstream_request: compile_all(&config.path_control.upstream_request)
+                .map_err(filter_error)?,
+            upstream_response: compile_all(&config.path_control.upstream_response)
+                .map_err(filter_error)?,
+        })
+    }
+}
