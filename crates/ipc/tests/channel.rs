@@ -64,6 +64,7 @@ fn sample_config() -> Config {
         },
         services: vec![
             Service {
+                timeouts: Default::default(),
                 name: "Example".into(),
                 listeners: vec![
                     Listener {
@@ -124,6 +125,7 @@ fn sample_config() -> Config {
                 }),
             },
             Service {
+                timeouts: Default::default(),
                 name: "Files".into(),
                 listeners: vec![Listener {
                     address: ListenAddress::Unix("/run/river/files.sock".into()),
