@@ -1,35 +1,59 @@
-//! The `ServerApp` of a service: each connection goes to River's HTTP/1 fast
-//! path (`http1/`) when the service has one, or to pingora's proxy
-//! (`proxy/`). It owns no protocol logic of its own.
+//! The `ServerApp` of a service: h2 connections go to pingora's proxy
+//! (`proxy/`), every HTTP/1 connection to the HTTP/1 session (`http1/`),
+//! which serves each request on River's fast path or hands it to pingora
+//! through [`Pingora`]. It owns no protocol logic of its own.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora_core::apps::ServerApp;
+use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 
-use crate::http1::session::Forwarder;
+use crate::http1::forward::Forwarder;
+use crate::http1::session::{General, Http1};
 use crate::proxy::app::RiverApp;
 use crate::service::Service;
 
-/// A service's connection handler: the forwarder when it can take the
-/// connection, pingora otherwise.
+/// A service's connection handler.
 pub struct Front {
+    http1: Http1<Pingora>,
     pingora: Arc<HttpProxy<RiverApp>>,
-    forwarder: Option<Forwarder>,
+}
+
+/// pingora's proxy, serving one HTTP/1 request at a time for the session.
+pub struct Pingora {
+    proxy: Arc<HttpProxy<RiverApp>>,
+    client_body: Duration,
+    keepalive_secs: u64,
 }
 
 impl Front {
     pub fn new(service: Arc<Service>, server_conf: &Arc<ServerConf>) -> Self {
-        let forwarder = Forwarder::for_service(&service);
+        let forwarder = if fast_path_disabled() {
+            None
+        } else {
+            Forwarder::for_service(&service)
+        };
+        let access_log = service.access_log.clone();
+        let timeouts = service.timeouts;
         let pingora = Arc::new(pingora_proxy::http_proxy(
             server_conf,
             RiverApp::new(service),
         ));
-        Front { pingora, forwarder }
+        let general = Pingora {
+            proxy: pingora.clone(),
+            client_body: Duration::from_secs(timeouts.client_body_secs),
+            keepalive_secs: timeouts.client_header_secs,
+        };
+        Front {
+            http1: Http1::new(general, forwarder, access_log, &timeouts),
+            pingora,
+        }
     }
 
     /// The worker drains: close the idle upstream connections. A draining
@@ -37,9 +61,7 @@ impl Front {
     /// idle pooled connection is a keep-alive client that would hold some
     /// draining worker (maybe this one) open until its idle timeout.
     pub fn begin_drain(&self) {
-        if let Some(forwarder) = &self.forwarder {
-            forwarder.begin_drain();
-        }
+        self.http1.begin_drain();
     }
 }
 
@@ -50,20 +72,41 @@ impl ServerApp for Front {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let stream = match &self.forwarder {
-            Some(forwarder) if !matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) => {
-                Box::new(forwarder.serve(stream, shutdown).await?)
-            }
-            _ => stream,
-        };
-        self.pingora.process_new(stream, shutdown).await
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return self.pingora.process_new(stream, shutdown).await;
+        }
+        self.http1.serve(stream, shutdown).await;
+        None
     }
 
     async fn cleanup(&self) {
         self.begin_drain();
-        if let Some(forwarder) = &self.forwarder {
-            forwarder.close_idle();
-        }
+        self.http1.close_idle();
         self.pingora.cleanup().await;
+    }
+}
+
+/// Test hook: with $RIVER_TEST_NO_FAST_PATH set, every HTTP/1 request goes
+/// to pingora, so a test can run the same vectors through both paths.
+/// Nothing else reads it.
+fn fast_path_disabled() -> bool {
+    std::env::var_os("RIVER_TEST_NO_FAST_PATH").is_some()
+}
+
+#[async_trait]
+impl General for Pingora {
+    async fn serve_one(&self, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let mut session = ServerSession::new_http1(stream);
+        // The session reads the next head itself (within client-header-secs);
+        // this only tells pingora whether the connection may go on.
+        session.set_keepalive(if *shutdown.borrow() {
+            None
+        } else {
+            Some(self.keepalive_secs)
+        });
+        // Between two reads of a request body (client-body-secs).
+        session.set_read_timeout(Some(self.client_body));
+        let reused = self.proxy.process_new_http(session, shutdown).await?;
+        Some(reused.consume().0)
     }
 }

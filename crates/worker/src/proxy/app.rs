@@ -1,12 +1,13 @@
 //! The pingora application behind every River service (pingora-proxy's
 //! phases only). Proxy services forward upstream; the others answer in
 //! `request_filter`, so keep-alive, draining and logging behave the same for
-//! all of them. What a service is lives in `service.rs`; the policies it
-//! calls in `policy/`, the answers it writes in `content/`.
+//! all of them. What a service is lives in `service/`; the policies it calls
+//! in `policy/`, the answers it writes in `content/`; the HTTP/1 rules it
+//! applies to pingora's messages in `conform.rs`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -17,7 +18,8 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use crate::access_log::Entry;
 use crate::content::respond::{respond, respond_status, status_body};
 use crate::policy::headers::apply_all;
-use crate::proxy::upstreams::peer;
+use crate::proxy::conform;
+use crate::service::upstreams::peer;
 use crate::service::{Logic, Service};
 
 /// The pingora application of one service.
@@ -32,6 +34,10 @@ pub struct RequestCtx {
     tried: Vec<SocketAddr>,
     /// The upstream of the last attempt, for the access log.
     upstream: Option<SocketAddr>,
+    /// Why the request did not end normally, when River decided it.
+    error: Option<&'static str>,
+    /// The request asks to upgrade: the connection becomes a tunnel.
+    upgrade: bool,
 }
 
 impl RiverApp {
@@ -53,10 +59,31 @@ impl ProxyHttp for RiverApp {
             started: Instant::now(),
             tried: Vec::new(),
             upstream: None,
+            error: None,
+            upgrade: false,
         }
     }
 
-    async fn request_filter(&self, session: &mut Session, _ctx: &mut RequestCtx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // The HTTP/1 session checked every head it read; pingora re-reads
+        // some (an escaped target), so the model runs on what it parsed.
+        let refused = session
+            .as_downstream()
+            .as_http1()
+            .and_then(|h1| conform::request(&h1.get_headers_raw_bytes()).err());
+        if let Some(err) = refused {
+            ctx.error = Some(err.code());
+            session.as_downstream_mut().set_keepalive(None);
+            respond_status(session, err.status()).await?;
+            return Ok(true);
+        }
+        ctx.upgrade = conform::Asked::of(session.req_header()).upgrade.is_some();
+        if ctx.upgrade {
+            // Reads on an upgraded connection wait for tunnel-idle-secs, not
+            // for a request body's client-body-secs.
+            let idle = Duration::from_secs(self.service.timeouts.tunnel_idle_secs);
+            session.as_downstream_mut().set_read_timeout(Some(idle));
+        }
         match &self.service.logic {
             Logic::Proxy(proxy) => {
                 let client = client_ip(session);
@@ -103,7 +130,19 @@ impl ProxyHttp for RiverApp {
             ));
         };
         ctx.upstream = Some(upstream.address);
-        Ok(Box::new(peer(upstream)))
+        let t = &self.service.timeouts;
+        let mut peer = peer(upstream);
+        peer.options.connection_timeout = Some(Duration::from_secs(t.upstream_connect_secs));
+        // Between two reads or writes; an upgraded connection is a tunnel,
+        // idle for up to tunnel-idle-secs.
+        let (read, send) = if ctx.upgrade {
+            (t.tunnel_idle_secs, t.tunnel_idle_secs)
+        } else {
+            (t.upstream_read_secs, t.upstream_send_secs)
+        };
+        peer.options.read_timeout = Some(Duration::from_secs(read));
+        peer.options.write_timeout = Some(Duration::from_secs(send));
+        Ok(Box::new(peer))
     }
 
     fn fail_to_connect(
@@ -129,12 +168,21 @@ impl ProxyHttp for RiverApp {
         e: &Error,
         _ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        // As pingora's default, with a short body saying what happened.
+        // As pingora's default, with a short body saying what happened, and
+        // nginx's statuses for timeouts: 504 for an upstream, 408 for a
+        // client (both only when no response byte went out; pingora then
+        // just closes).
+        let timed_out = matches!(
+            e.etype(),
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        );
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             _ => match e.esource() {
+                pingora_core::ErrorSource::Upstream if timed_out => 504,
                 pingora_core::ErrorSource::Upstream => 502,
                 pingora_core::ErrorSource::Downstream => match e.etype() {
+                    ErrorType::ReadTimedout => 408,
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
                     _ => 400,
                 },
@@ -189,22 +237,37 @@ impl ProxyHttp for RiverApp {
         if let Logic::Proxy(proxy) = &self.service.logic {
             apply_all(&proxy.upstream_request, request);
         }
+        conform::upstream_request(request);
         Ok(())
     }
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let asked = conform::Asked::of(session.req_header());
+        if let Err(err) = conform::response(response, &asked) {
+            ctx.error = Some(err.code());
+            return Err(Error::explain(ErrorType::HTTPStatus(502), err.code()).into_up());
+        }
+        let status = response.status.as_u16();
+        if (100..200).contains(&status) && status != 101 {
+            let client = session.req_header().version;
+            let drop = conform::drops_interim(status, client);
+            session.as_downstream_mut().set_ignore_info_resp(drop);
+            return Ok(());
+        }
         if let Logic::Proxy(proxy) = &self.service.logic {
             apply_all(&proxy.upstream_response, response);
         }
         Ok(())
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    /// The one place a request served by pingora is finished: the access
+    /// log line.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let Some(log) = &self.service.access_log else {
             return;
         };
@@ -218,6 +281,27 @@ impl ProxyHttp for RiverApp {
             bytes_sent: session.as_downstream().body_bytes_sent(),
             upstream: upstream.as_deref(),
             duration: ctx.started.elapsed(),
+            error: ctx.error.or_else(|| e.map(error_code)),
         });
+    }
+}
+
+/// A short name for the access log of why pingora gave up on a request.
+fn error_code(e: &Error) -> &'static str {
+    use pingora_core::ErrorSource::{Downstream, Upstream};
+    match (e.etype(), e.esource()) {
+        (ErrorType::ConnectTimedout, _) => "upstream-connect-timeout",
+        (ErrorType::ReadTimedout, Upstream) => "upstream-read-timeout",
+        (ErrorType::WriteTimedout, Upstream) => "upstream-send-timeout",
+        (ErrorType::ReadTimedout, Downstream) => "client-body-timeout",
+        (ErrorType::WriteTimedout, Downstream) => "client-send-timeout",
+        (ErrorType::Custom("InvalidChunk"), _) => "bad-chunked-body",
+        (ErrorType::ConnectRefused | ErrorType::ConnectError, _) => "upstream-connect-failed",
+        (ErrorType::ConnectionClosed, Upstream) => "upstream-closed",
+        (
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError,
+            Downstream,
+        ) => "client-gone",
+        (etype, _) => etype.as_str(),
     }
 }

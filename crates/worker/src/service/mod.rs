@@ -1,24 +1,30 @@
 //! A configured service compiled for one generation: what it serves (a proxy
-//! with its upstreams and policies, files, or a fixed page). Both request
-//! paths (`http1/` and `proxy/`) read it; it handles no connection itself.
+//! with its upstreams and policies, files, or a fixed page), and its
+//! timeouts. Both request paths (`http1/` and `proxy/`) read it; it handles
+//! no connection itself. Upstream selection and health checks are
+//! `upstreams.rs`, here because both paths pick upstreams.
+
+pub mod upstreams;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use river_config::{ProxyService, ServiceKind};
+use river_config::{ProxyService, ServiceKind, Timeouts};
 
 use crate::access_log::AccessLog;
 use crate::content::file_server::FileServer;
 use crate::policy::headers::{compile_all, CompiledHeaderFilter, FilterError};
 use crate::policy::rate_limit::RateLimitError;
 use crate::policy::Admission;
-use crate::proxy::upstreams::{UpstreamError, Upstreams};
+use upstreams::{UpstreamError, Upstreams};
 
 /// One configured service, built once per generation.
 pub struct Service {
     pub name: String,
     pub logic: Logic,
     pub access_log: Option<AccessLog>,
+    /// How long to wait for clients and upstreams, on both paths.
+    pub timeouts: Timeouts,
 }
 
 /// What a service answers with.
@@ -89,6 +95,7 @@ impl Service {
             name: service.name.clone(),
             logic,
             access_log,
+            timeouts: service.timeouts,
         })
     }
 }

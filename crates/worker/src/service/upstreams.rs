@@ -1,6 +1,7 @@
 //! A proxy service's upstreams: selection (pingora-load-balancing), active
 //! health checks, and the `HttpPeer` each upstream is reached through
-//! (`tls-sni`, `proto`).
+//! (`tls-sni`, `proto`). Both request paths select through it; connecting
+//! is theirs.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -20,9 +21,6 @@ use pingora_load_balancing::selection::{
 use pingora_load_balancing::{discovery, Backend, Backends, LoadBalancer};
 use river_config::{HealthCheck, LoadBalance, Selection, SelectionKey, Upstream, UpstreamProto};
 
-/// How long connecting to an upstream may take (nginx's proxy_connect_timeout
-/// is 60 s; a reverse proxy in front of local services wants to fail faster).
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A health check probe's own limit: a hung upstream is an unhealthy one.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -203,7 +201,7 @@ fn futures_now<F: std::future::Future<Output = Result<()>>>(future: F) -> Result
     }
 }
 
-/// How the proxy reaches `upstream`.
+/// How the proxy reaches `upstream` (its timeouts are the caller's).
 pub fn peer(upstream: &Upstream) -> HttpPeer {
     let sni = upstream.tls_sni.clone().unwrap_or_default();
     let mut peer = HttpPeer::new(upstream.address, upstream.tls_sni.is_some(), sni);
@@ -212,7 +210,6 @@ pub fn peer(upstream: &Upstream) -> HttpPeer {
         UpstreamProto::H2Only => peer.options.set_http_version(2, 2),
         UpstreamProto::H2OrH1 => peer.options.set_http_version(2, 1),
     }
-    peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
     peer
 }
 
