@@ -145,10 +145,15 @@ impl<G: General> Http1<G> {
             // The whole head, idle wait included, within one deadline: a
             // client trickling bytes cannot hold the connection longer.
             let deadline = tokio::time::Instant::now() + self.client_header;
+            // Bytes of `c.buf` already parsed as a partial head: a head only
+            // completes with a line feed, so bytes without one are not parsed
+            // again (a head trickled in small pieces costs linear time).
+            let mut parsed = 0;
             let decision = loop {
-                if !c.buf.is_empty() {
+                let fresh = &c.buf[parsed.min(c.buf.len())..];
+                if !c.buf.is_empty() && (fresh.contains(&b'\n') || c.buf.len() >= head::MAX_HEAD) {
                     match self.decide(&c) {
-                        Decision::Partial => {}
+                        Decision::Partial => parsed = c.buf.len(),
                         decision => break decision,
                     }
                 }

@@ -39,12 +39,14 @@ impl<W: AsyncWrite + Unpin> WriteBuffered<W> {
     fn with_capacity(io: W, capacity: usize) -> Self {
         WriteBuffered {
             io,
-            buf: Vec::with_capacity(capacity),
+            // Allocated by the first write: an idle connection holds none.
+            buf: Vec::new(),
             capacity,
         }
     }
 
-    /// Write out everything buffered.
+    /// Write out everything buffered, and give the buffer back: a flushed
+    /// connection is usually one that waits for its next request.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         while !self.buf.is_empty() {
             let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.buf))?;
@@ -53,6 +55,7 @@ impl<W: AsyncWrite + Unpin> WriteBuffered<W> {
             }
             self.buf.drain(..n);
         }
+        self.buf = Vec::new();
         Poll::Ready(Ok(()))
     }
 }
@@ -76,6 +79,9 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for WriteBuffered<W> {
         let this = self.get_mut();
         loop {
             if this.buf.len() + data.len() <= this.capacity {
+                if this.buf.capacity() == 0 {
+                    this.buf.reserve_exact(this.capacity);
+                }
                 this.buf.extend_from_slice(data);
                 return Poll::Ready(Ok(data.len()));
             }
@@ -207,6 +213,21 @@ mod tests {
         fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
             Poll::Ready(Ok(()))
         }
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_write_buffer() {
+        let mut w = WriteBuffered::with_capacity(Recorder::default(), 1460);
+        assert_eq!(
+            w.buf.capacity(),
+            0,
+            "nothing allocated before the first write"
+        );
+        w.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        assert_eq!(w.buf.capacity(), 1460);
+        w.flush().await.unwrap();
+        assert_eq!(w.buf.capacity(), 0, "given back once flushed");
+        assert_eq!(w.io.out, b"HTTP/1.1 200 OK\r\n\r\n");
     }
 
     #[tokio::test]

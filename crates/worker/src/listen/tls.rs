@@ -137,7 +137,14 @@ where
         let Some(acceptor) = &self.tls else {
             return self.app.process_new(Box::new(buffered), shutdown).await;
         };
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(buffered)).await {
+        // Boxed: the handshake's state is large, and a connection's future
+        // is as large as its largest state, for as long as it lives; plain
+        // connections should not carry it.
+        let handshake = Box::pin(tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            acceptor.tls_handshake(buffered),
+        ));
+        match handshake.await {
             Ok(Ok(tls)) => self.app.process_new(Box::new(tls), shutdown).await,
             Ok(Err(err)) => {
                 tracing::debug!(error = %err, "TLS handshake failed");
