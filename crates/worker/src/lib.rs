@@ -6,6 +6,21 @@
 /// around a stream in its field `$field`, passed straight through.
 macro_rules! delegate_connection_info {
     ($wrapper:ty, $field:ident) => {
+        delegate_connection_info!($wrapper, $field, without socket digest);
+
+        impl pingora_core::protocols::GetSocketDigest for $wrapper {
+            fn get_socket_digest(
+                &self,
+            ) -> Option<std::sync::Arc<pingora_core::protocols::SocketDigest>> {
+                self.$field.get_socket_digest()
+            }
+
+            fn set_socket_digest(&mut self, digest: pingora_core::protocols::SocketDigest) {
+                self.$field.set_socket_digest(digest)
+            }
+        }
+    };
+    ($wrapper:ty, $field:ident, without socket digest) => {
         impl pingora_core::protocols::UniqueID for $wrapper {
             fn id(&self) -> pingora_core::protocols::UniqueIDType {
                 self.$field.id()
@@ -38,18 +53,6 @@ macro_rules! delegate_connection_info {
                 digest: pingora_core::protocols::raw_connect::ProxyDigest,
             ) {
                 self.$field.set_proxy_digest(digest)
-            }
-        }
-
-        impl pingora_core::protocols::GetSocketDigest for $wrapper {
-            fn get_socket_digest(
-                &self,
-            ) -> Option<std::sync::Arc<pingora_core::protocols::SocketDigest>> {
-                self.$field.get_socket_digest()
-            }
-
-            fn set_socket_digest(&mut self, digest: pingora_core::protocols::SocketDigest) {
-                self.$field.set_socket_digest(digest)
             }
         }
     };
