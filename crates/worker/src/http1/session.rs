@@ -24,7 +24,7 @@ use bytes::BytesMut;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use river_config::Timeouts;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::sync::Notify;
 
 use crate::access_log::{AccessLog, Entry};
@@ -148,12 +148,14 @@ impl<G: General> Http1<G> {
             // Bytes of `c.buf` already parsed as a partial head: a head only
             // completes with a line feed, so bytes without one are not parsed
             // again (a head trickled in small pieces costs linear time).
-            let mut parsed = 0;
+            // (u32: a head is at most 64 KiB, and the connection's future is
+            // kept small.)
+            let mut parsed = 0u32;
             let decision = loop {
-                let fresh = &c.buf[parsed.min(c.buf.len())..];
+                let fresh = &c.buf[(parsed as usize).min(c.buf.len())..];
                 if !c.buf.is_empty() && (fresh.contains(&b'\n') || c.buf.len() >= head::MAX_HEAD) {
                     match self.decide(&c) {
-                        Decision::Partial => parsed = c.buf.len(),
+                        Decision::Partial => parsed = c.buf.len() as u32,
                         decision => break decision,
                     }
                 }
@@ -168,23 +170,23 @@ impl<G: General> Http1<G> {
                     HeadRead::TimedOut => {
                         if !c.buf.is_empty() {
                             // Part of a head, then silence: nginx's 408.
-                            let started = Instant::now();
-                            let outcome = refuse(&mut c, 408, false).await;
-                            self.log_refusal(&c, started, outcome, "client-header-timeout");
+                            let why = "client-header-timeout";
+                            Box::pin(self.refuse(&mut c, 408, why)).await;
                         }
                         return;
                     }
                 }
             };
-            let started = Instant::now();
+            // What follows, but for the hand-over to pingora (whose state is
+            // boxed already), runs in its own allocation: the connection's
+            // future is as large as its largest state, and it lives as long as
+            // the connection, idle most of the time.
             match decision {
                 Decision::Partial => unreachable!("the loop above only ends on a decision"),
                 Decision::Refuse(err) => {
                     // After a head River cannot read, the rest of the
                     // connection cannot be framed: answer and close.
-                    let head_only = c.buf.starts_with(b"HEAD ");
-                    let outcome = refuse(&mut c, err.status(), head_only).await;
-                    self.log_refusal(&c, started, outcome, err.code());
+                    Box::pin(self.refuse(&mut c, err.status(), err.code())).await;
                     return;
                 }
                 Decision::General => {
@@ -201,16 +203,8 @@ impl<G: General> Http1<G> {
                         }
                     }
                 }
-                Decision::Fast(mut job) => {
-                    let Some(forwarder) = &self.forwarder else {
-                        return;
-                    };
-                    // Boxed: the exchange's state exists while a request is
-                    // served, not while the connection waits.
-                    let outcome = Box::pin(forwarder.handle(&mut c, &mut job, shutdown)).await;
-                    self.log(&c, job.method(), job.path(), started, &outcome);
-                    if !outcome.keep_alive || c.down.flush().await.is_err() {
-                        let _ = c.down.shutdown().await;
+                Decision::Fast(job) => {
+                    if !Box::pin(self.forward(&mut c, job, shutdown)).await {
                         return;
                     }
                 }
@@ -222,6 +216,33 @@ impl<G: General> Http1<G> {
                 c.buf = BytesMut::from(&c.buf[..]);
             }
         }
+    }
+
+    /// Serve `job` on the fast path and log it; whether the connection may
+    /// carry another request.
+    async fn forward(&self, c: &mut Conn, mut job: Box<Job>, shutdown: &ShutdownWatch) -> bool {
+        let Some(forwarder) = &self.forwarder else {
+            return false;
+        };
+        let started = Instant::now();
+        let outcome = forwarder.handle(c, &mut job, shutdown).await;
+        self.log(c, job.method(), job.path(), started, &outcome);
+        if !outcome.keep_alive || c.down.flush().await.is_err() {
+            let _ = c.down.shutdown().await;
+            return false;
+        }
+        true
+    }
+
+    /// Answer `status` to the head in `c.buf` and close the connection; the
+    /// log says `why`.
+    async fn refuse(&self, c: &mut Conn, status: u16, why: &'static str) {
+        let started = Instant::now();
+        let head_only = c.buf.starts_with(b"HEAD ");
+        let outcome = answer(c, status, head_only, false).await;
+        let _ = c.down.flush().await;
+        let _ = c.down.shutdown().await;
+        self.log_refusal(c, started, outcome, why);
     }
 
     /// Parse the head at the start of `c.buf` and decide who serves it.
@@ -252,17 +273,9 @@ impl<G: General> Http1<G> {
     /// up at once when told to close idle connections.
     async fn read_head(&self, c: &mut Conn, deadline: tokio::time::Instant) -> HeadRead {
         let idle = c.buf.is_empty();
-        let read = async {
-            if c.buf.is_empty() {
-                read_first(&mut c.down, &mut c.buf).await
-            } else {
-                c.buf.reserve(HEAD_CHUNK);
-                c.down.read_buf(&mut c.buf).await
-            }
-        };
         tokio::select! {
             biased;
-            read = read => match read {
+            read = read_some(&mut c.down, &mut c.buf) => match read {
                 Ok(0) | Err(_) => HeadRead::Closed,
                 Ok(_) => HeadRead::More,
             },
@@ -350,11 +363,15 @@ fn request_line_words(buf: &[u8]) -> (String, String) {
     (method, path)
 }
 
-/// Wait for the first bytes of a request and read them without holding a
+/// Read the next bytes of a request head into `buf` without holding a
 /// buffer while waiting: they land in the thread's scratch buffer, then in
-/// `buf`, allocated for them. Same syscalls as a read into `buf`.
-async fn read_first(down: &mut Stream, buf: &mut BytesMut) -> std::io::Result<usize> {
-    poll_fn(|cx| {
+/// `buf` (allocated for them when it has no room). Same syscalls as a read
+/// into `buf`; one small future, for the idle connection's state.
+fn read_some<'a>(
+    down: &'a mut Stream,
+    buf: &'a mut BytesMut,
+) -> impl std::future::Future<Output = std::io::Result<usize>> + 'a {
+    poll_fn(move |cx| {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             let mut read = ReadBuf::new(&mut scratch[..]);
@@ -363,16 +380,15 @@ async fn read_first(down: &mut Stream, buf: &mut BytesMut) -> std::io::Result<us
                 Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
                 Poll::Ready(Ok(())) => {
                     let got = read.filled();
-                    if !got.is_empty() {
+                    if buf.capacity() - buf.len() < got.len() {
                         buf.reserve(got.len().max(HEAD_CHUNK));
-                        buf.extend_from_slice(got);
                     }
+                    buf.extend_from_slice(got);
                     Poll::Ready(Ok(got.len()))
                 }
             }
         })
     })
-    .await
 }
 
 /// Write a short response of River's own (an error or a refusal) and say
@@ -403,14 +419,6 @@ pub async fn answer(c: &mut Conn, status: u16, head_only: bool, keep: bool) -> O
     }
 }
 
-/// Refuse a request and close the connection.
-async fn refuse(c: &mut Conn, status: u16, head_only: bool) -> Outcome {
-    let outcome = answer(c, status, head_only, false).await;
-    let _ = c.down.flush().await;
-    let _ = c.down.shutdown().await;
-    outcome
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -418,6 +426,7 @@ pub(crate) mod tests {
     use pingora_core::protocols::l4::stream::Stream as L4Stream;
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     use std::sync::{Arc, Mutex};
+    use tokio::io::AsyncReadExt;
     use tokio::net::{TcpListener, TcpStream};
     use tokio::sync::watch;
 
