@@ -363,12 +363,18 @@ fn chunked_framing_is_checked_and_re_framed() {
             "{path:?}: {framed:?}"
         );
     }
-    // The fast path says why in the access log.
-    let proxy = Proxy::start(Path::Fast, upstream.addr, "");
-    let mut client = proxy.client();
-    client.send("GET /junk HTTP/1.1\r\nhost: localhost\r\n\r\n");
-    assert_no_complete_response(&mut client, "fast /junk");
-    assert!(proxy.log_line("/junk").ends_with(" bad-chunk-size"));
+    // The access log says why.
+    for (path, why) in [
+        (Path::Fast, "bad-chunk-size"),
+        (Path::Pingora, "bad-chunked-body"),
+    ] {
+        let proxy = Proxy::start(path, upstream.addr, "");
+        let mut client = proxy.client();
+        client.send("GET /junk HTTP/1.1\r\nhost: localhost\r\n\r\n");
+        assert_no_complete_response(&mut client, &format!("{path:?} /junk"));
+        let line = proxy.log_line("/junk");
+        assert!(line.ends_with(why), "{path:?}: {line}");
+    }
 }
 
 /// Issue 11: pingora's path relayed a `101 Switching Protocols` the client

@@ -110,3 +110,33 @@ impl General for Pingora {
         Some(reused.consume().0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::listen::buffered::WriteBuffered;
+    use crate::listen::socket::Socket;
+
+    /// Issue 10, item 7: what an idle keep-alive connection holds is its
+    /// future (this), its socket with the write buffer, and tokio's task and
+    /// I/O registration. Before, about 28 KiB; the bench is bench/idle.sh.
+    #[tokio::test]
+    async fn an_idle_connection_holds_little() {
+        let source =
+            "services { P { listeners { \"127.0.0.1:1\" }\n connectors { \"127.0.0.1:9\" } } }";
+        let config = river_config::parse(source, "test.kdl").unwrap();
+        let service = Arc::new(Service::build(&config.services[0], None).unwrap());
+        let front = Arc::new(Front::new(service, &Arc::new(ServerConf::default())));
+        let (ours, _theirs) = tokio::net::UnixStream::pair().unwrap();
+        let stream: Stream = Box::new(Socket::Unix(ours));
+        let (_tx, shutdown) = tokio::sync::watch::channel(false);
+        let connection = front.process_new(stream, &shutdown);
+        let future = std::mem::size_of_val(&*connection);
+        assert!(future <= 448, "a connection's future is {future} bytes");
+        let socket = std::mem::size_of::<WriteBuffered>();
+        assert!(
+            socket <= 112,
+            "a socket with its write buffer is {socket} bytes"
+        );
+    }
+}
