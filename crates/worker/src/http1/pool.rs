@@ -1,6 +1,6 @@
 //! Idle upstream connections of the HTTP/1 fast path, per upstream address,
-//! newest first out. What a connection may be reused for is decided by the
-//! session (`session.rs`); this only keeps, hands out and closes them.
+//! newest first out. Whether a connection may be reused is decided by the
+//! forwarder (`forward.rs`); this only keeps, hands out and closes them.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
