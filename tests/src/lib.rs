@@ -7,6 +7,7 @@ pub mod dns;
 pub mod features;
 pub mod load;
 pub mod metrics;
+pub mod raw;
 pub mod river;
 pub mod upstream;
 

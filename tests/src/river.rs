@@ -44,6 +44,14 @@ impl River {
         river
     }
 
+    /// As [`River::start`], with extra environment variables for the master
+    /// (and so its workers), such as `RIVER_TEST_NO_FAST_PATH`.
+    pub fn start_with_env(system: &str, services: &str, env: &[(&str, &std::ffi::OsStr)]) -> River {
+        let river = Self::spawn_with_env(system, services, env);
+        river.wait_log("generation serving", 1);
+        river
+    }
+
     /// Start without waiting for the first generation.
     pub fn spawn(system: &str, services: &str) -> River {
         Self::spawn_with_env(system, services, &[])

@@ -56,6 +56,43 @@ pub struct Service {
     /// At least one.
     pub listeners: Vec<Listener>,
     pub kind: ServiceKind,
+    /// `timeouts { }`; nginx's defaults when absent.
+    pub timeouts: Timeouts,
+}
+
+/// A service's `timeouts { }` block, in seconds. Each is a limit on waiting,
+/// not on a whole exchange, except the request head's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timeouts {
+    /// A whole request head, the wait for it on a keep-alive connection
+    /// included (nginx's `client_header_timeout`). Default 60.
+    pub client_header_secs: u64,
+    /// Between two reads of a request body (`client_body_timeout`). Default 60.
+    pub client_body_secs: u64,
+    /// Connecting to an upstream (`proxy_connect_timeout`, 60 in nginx).
+    /// Default 10: local upstreams that do not answer a SYN are down.
+    pub upstream_connect_secs: u64,
+    /// Between two reads of a response (`proxy_read_timeout`). Default 60.
+    pub upstream_read_secs: u64,
+    /// Between two writes of a request to an upstream (`proxy_send_timeout`).
+    /// Default 60.
+    pub upstream_send_secs: u64,
+    /// Silence on an upgraded connection (WebSocket), in either direction.
+    /// Default 3600, so WebSockets are not cut at 60 s.
+    pub tunnel_idle_secs: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            client_header_secs: 60,
+            client_body_secs: 60,
+            upstream_connect_secs: 10,
+            upstream_read_secs: 60,
+            upstream_send_secs: 60,
+            tunnel_idle_secs: 3600,
+        }
+    }
 }
 
 /// What a service does with a request.

@@ -348,6 +348,104 @@ fn defaults() {
     assert_eq!(p.load_balance, LoadBalance::default());
     assert_eq!(p.path_control, PathControl::default());
     assert_eq!(p.rate_limiting, RateLimiting::default());
+    let t = c.services[0].timeouts;
+    assert_eq!(
+        (
+            t.client_header_secs,
+            t.client_body_secs,
+            t.upstream_connect_secs,
+            t.upstream_read_secs,
+            t.upstream_send_secs,
+            t.tunnel_idle_secs
+        ),
+        (60, 60, 10, 60, 60, 3600)
+    );
+}
+
+#[test]
+fn timeouts_block() {
+    let c = ok(&proxy(
+        "        timeouts {\n            client-header-secs 5\n            client-body-secs 6\n            upstream-connect-secs 7\n            upstream-read-secs 8\n            upstream-send-secs 9\n            tunnel-idle-secs 86400\n        }",
+    ));
+    assert_eq!(
+        c.services[0].timeouts,
+        Timeouts {
+            client_header_secs: 5,
+            client_body_secs: 6,
+            upstream_connect_secs: 7,
+            upstream_read_secs: 8,
+            upstream_send_secs: 9,
+            tunnel_idle_secs: 86400,
+        }
+    );
+    // Partial: the others keep their defaults.
+    let c = ok(&proxy("        timeouts { upstream-read-secs 300; }"));
+    assert_eq!(c.services[0].timeouts.upstream_read_secs, 300);
+    assert_eq!(c.services[0].timeouts.client_header_secs, 60);
+    // Client timeouts apply to file servers too.
+    let f = files();
+    let src = service(&format!(
+        "        file-server {{ base-path \"{}\" }}\n        timeouts {{ client-header-secs 10; }}",
+        f.www.display()
+    ));
+    assert_eq!(ok(&src).services[0].timeouts.client_header_secs, 10);
+}
+
+#[test]
+fn timeouts_errors() {
+    let with = |t: &str| proxy(&format!("        timeouts {{\n            {t}\n        }}"));
+    let cases: &[(&str, &str, &str)] = &[
+        ("client-header-secs 0", "0", "must be at least 1"),
+        (
+            "upstream-read-secs 999999999",
+            "999999999",
+            "must be at most 604800",
+        ),
+        (
+            "client-body-secs \"60\"",
+            "\"60\"",
+            "must be a positive integer",
+        ),
+        ("upstream-read-secs", "upstream-read-secs", "needs a value"),
+        (
+            "read-secs 5",
+            "read-secs",
+            "unknown key `read-secs` in `timeouts`",
+        ),
+        (
+            "tunnel-idle-secs 5\n            tunnel-idle-secs 6",
+            "tunnel-idle-secs 6",
+            "duplicate key `tunnel-idle-secs`",
+        ),
+    ];
+    for (t, at, msg) in cases {
+        let src = with(t);
+        let start = src.find(t).unwrap();
+        let off = start + t.find(at).unwrap();
+        let (line, col) = pos(&src, &src[off..]);
+        assert_error_at_pos(&src, line, col, msg);
+    }
+    // Anywhere but in a service, `timeouts` is an unknown key.
+    let src = format!(
+        "system {{\n    timeouts {{ client-header-secs 5; }}\n}}\n{}",
+        proxy("")
+    );
+    assert_error_at(&src, "timeouts", "unknown key `timeouts` in `system`");
+    let src = format!("timeouts {{ client-header-secs 5; }}\n{}", proxy(""));
+    assert_error_at(&src, "timeouts", "unknown key `timeouts`");
+    let src = proxy("        path-control {\n            timeouts { }\n        }");
+    assert_error_at(&src, "timeouts", "unknown key `timeouts`");
+    // Upstream timeouts mean nothing to a file server.
+    let f = files();
+    let src = service(&format!(
+        "        file-server {{ base-path \"{}\" }}\n        timeouts {{ upstream-read-secs 10; }}",
+        f.www.display()
+    ));
+    assert_error_at(
+        &src,
+        "upstream-read-secs",
+        "does not apply to a service with `file-server`",
+    );
 }
 
 #[test]

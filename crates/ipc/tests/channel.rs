@@ -65,6 +65,7 @@ fn sample_config() -> Config {
         },
         services: vec![
             Service {
+                timeouts: Default::default(),
                 name: "Example".into(),
                 listeners: vec![
                     Listener {
@@ -126,6 +127,7 @@ fn sample_config() -> Config {
                 }),
             },
             Service {
+                timeouts: Default::default(),
                 name: "Files".into(),
                 listeners: vec![Listener {
                     address: ListenAddress::Unix("/run/river/files.sock".into()),

@@ -40,6 +40,9 @@ pub struct Entry<'a> {
     pub bytes_sent: usize,
     pub upstream: Option<&'a str>,
     pub duration: Duration,
+    /// Why the request did not end normally (`upstream-read-timeout`,
+    /// `bad-chunk-size`, ...): logged as a ninth field.
+    pub error: Option<&'a str>,
 }
 
 impl AccessLog {
@@ -129,8 +132,9 @@ fn write_lines(rx: Receiver<Message>, file: File) {
     }
 }
 
-/// `TIME CLIENT METHOD PATH STATUS BYTES UPSTREAM MILLIS`, space separated;
-/// `-` for what is unknown. The path is escaped so a line stays one line.
+/// `TIME CLIENT METHOD PATH STATUS BYTES UPSTREAM MILLIS [ERROR]`, space
+/// separated; `-` for what is unknown; ERROR only when the request ended
+/// abnormally. The path is escaped so a line stays one line.
 fn format_entry(entry: &Entry<'_>, now: SystemTime) -> String {
     let mut line = String::with_capacity(128);
     line.push_str(&rfc3339(now));
@@ -145,7 +149,7 @@ fn format_entry(entry: &Entry<'_>, now: SystemTime) -> String {
     push_escaped(&mut line, entry.method);
     line.push(' ');
     push_escaped(&mut line, entry.path);
-    let _ = writeln!(
+    let _ = write!(
         line,
         " {} {} {} {}",
         entry.status,
@@ -153,6 +157,11 @@ fn format_entry(entry: &Entry<'_>, now: SystemTime) -> String {
         entry.upstream.unwrap_or("-"),
         entry.duration.as_millis()
     );
+    if let Some(error) = entry.error {
+        line.push(' ');
+        push_escaped(&mut line, error);
+    }
+    line.push('\n');
     line
 }
 
@@ -221,6 +230,7 @@ mod tests {
             bytes_sent: 17,
             upstream: Some("127.0.0.1:8000"),
             duration: Duration::from_millis(12),
+            error: None,
         };
         assert_eq!(
             format_entry(&entry, UNIX_EPOCH),
@@ -233,6 +243,13 @@ mod tests {
             ..entry
         };
         assert!(format_entry(&entry, UNIX_EPOCH).ends_with(" - GET - 200 17 - 12\n"));
+        let entry = Entry {
+            status: 504,
+            error: Some("upstream-read-timeout"),
+            ..entry
+        };
+        assert!(format_entry(&entry, UNIX_EPOCH)
+            .ends_with(" - GET - 504 17 - 12 upstream-read-timeout\n"));
     }
 
     #[test]

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use river_config::{DiscoveredName, Service, ServiceKind, Upstream};
 use river_ipc::{DiscoveredBackend, DiscoveredSet};
 
-use crate::h1_proxy::Front;
-use crate::upstreams::Upstreams;
+use crate::front::Front;
+use crate::service::upstreams::Upstreams;
 
 /// Every service of this worker that has names to discover.
 #[derive(Default)]
@@ -144,7 +144,7 @@ mod tests {
         HealthCheck, LoadBalance, Selection, SelectionKey, Upstream, UpstreamProto,
     };
 
-    use crate::upstreams::Upstreams;
+    use crate::service::upstreams::Upstreams;
 
     fn up(port: u16) -> Upstream {
         Upstream {

@@ -6,6 +6,21 @@
 /// around a stream in its field `$field`, passed straight through.
 macro_rules! delegate_connection_info {
     ($wrapper:ty, $field:ident) => {
+        delegate_connection_info!($wrapper, $field, without socket digest);
+
+        impl pingora_core::protocols::GetSocketDigest for $wrapper {
+            fn get_socket_digest(
+                &self,
+            ) -> Option<std::sync::Arc<pingora_core::protocols::SocketDigest>> {
+                self.$field.get_socket_digest()
+            }
+
+            fn set_socket_digest(&mut self, digest: pingora_core::protocols::SocketDigest) {
+                self.$field.set_socket_digest(digest)
+            }
+        }
+    };
+    ($wrapper:ty, $field:ident, without socket digest) => {
         impl pingora_core::protocols::UniqueID for $wrapper {
             fn id(&self) -> pingora_core::protocols::UniqueIDType {
                 self.$field.id()
@@ -40,40 +55,20 @@ macro_rules! delegate_connection_info {
                 self.$field.set_proxy_digest(digest)
             }
         }
-
-        impl pingora_core::protocols::GetSocketDigest for $wrapper {
-            fn get_socket_digest(
-                &self,
-            ) -> Option<std::sync::Arc<pingora_core::protocols::SocketDigest>> {
-                self.$field.get_socket_digest()
-            }
-
-            fn set_socket_digest(&mut self, digest: pingora_core::protocols::SocketDigest) {
-                self.$field.set_socket_digest(digest)
-            }
-        }
     };
 }
 
 mod access_log;
-mod app;
-mod balance;
-mod buffered;
-mod chunked;
-mod cidr;
+mod content;
 mod discovery;
-mod file_server;
-mod filters;
-mod h1_proxy;
+mod front;
+mod http1;
+mod listen;
+mod policy;
 mod privileges;
-mod rate_limit;
-mod respond;
-mod rewind;
-mod serve;
+mod proxy;
+mod service;
 mod stats;
-mod tls;
-mod upstreams;
-mod welcome;
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -86,8 +81,25 @@ use river_config::ListenAddress;
 use river_ipc::{Channel, FromWorker, Hello, IpcError, ToWorker};
 use tokio::sync::watch;
 
-pub use app::{BuildError, RiverApp};
+use front::Front;
+use listen::balance::Board;
+use listen::{accept, tls};
+use service::Service;
+
 pub use privileges::{drop_privileges, Outcome as PrivilegeOutcome, PrivilegeError};
+pub use service::BuildError;
+
+/// The parsers of River's HTTP/1 path, for the fuzz targets in `fuzz/`: not
+/// an API, and not stable.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::http1::body::Framing;
+    pub use crate::http1::chunked::{ChunkedDecoder, ChunkedError};
+    pub use crate::http1::head::{
+        is_hop_by_hop, parse_request, parse_response, valid_host, Asked, Parsed, Request,
+        RequestError, Response, ResponseError, MAX_HEAD, MAX_HEADERS,
+    };
+}
 
 /// How often a worker tells the master how many connections it holds.
 const LOAD_REPORT_INTERVAL: Duration = Duration::from_millis(500);
@@ -111,7 +123,7 @@ pub enum WorkerError {
     #[error(transparent)]
     Build(#[from] BuildError),
     #[error("connection counter: {0}")]
-    Board(#[from] balance::BoardError),
+    Board(#[from] listen::balance::BoardError),
     #[error("start-up failure injected by the test hook ({0} exists)")]
     FaultInjected(String),
 }
@@ -230,8 +242,8 @@ fn stop_if_asked(worker_index: usize) {
 
 /// A listener and the service that answers on it, waiting for `Serve`.
 type PendingListener = (
-    serve::Inherited,
-    Arc<tls::Endpoint<h1_proxy::Front>>,
+    accept::Inherited,
+    Arc<tls::Endpoint<Front>>,
     stats::ServiceStats,
 );
 
@@ -259,8 +271,8 @@ struct Running {
     stop_accepting: watch::Sender<bool>,
     /// pingora's shutdown flag: next responses carry `Connection: close`.
     shutdown: watch::Sender<bool>,
-    connections: serve::ConnectionCount,
-    apps: Vec<Arc<h1_proxy::Front>>,
+    connections: accept::ConnectionCount,
+    apps: Vec<Arc<Front>>,
     /// Services with `discovery "Dns"`: where relayed sets are applied.
     discovery: discovery::Registry,
 }
@@ -282,12 +294,13 @@ async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerEr
     // The balance board, when there is one, comes before it. Without it, the
     // worker still serves; connections may just spread less evenly.
     let board = match hello.balance.then(|| fds.pop()).flatten() {
-        Some(fd) => balance::Board::map(fd, hello.config.system.workers, hello.worker_index)
-            .or_else(|err| {
+        Some(fd) => {
+            Board::map(fd, hello.config.system.workers, hello.worker_index).or_else(|err| {
                 tracing::warn!("accepting without the balance board: {err}");
-                balance::Board::alone()
-            }),
-        None => balance::Board::alone(),
+                Board::alone()
+            })
+        }
+        None => Board::alone(),
     }?;
     // The access log, when there is one, travels after the listeners.
     let access_log = match hello.access_log.then(|| fds.pop()).flatten() {
@@ -310,19 +323,20 @@ async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerEr
 
     let (stop_accepting, stop_rx) = watch::channel(false);
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let connections = serve::ConnectionCount::new(board);
+    let connections = accept::ConnectionCount::new(board);
     let mut apps = Vec::new();
     let mut loops = Vec::new();
     let mut discovered = discovery::Registry::default();
     for (index, service) in hello.config.services.iter().enumerate() {
         let service_stats = stats.service(index, service);
-        let river_app = RiverApp::build(service, access_log.clone(), service_stats.clone())?;
-        let forwarder = river_app.forwarder();
-        let upstreams = river_app.upstreams();
-        let app = Arc::new(h1_proxy::Front::new(
-            Arc::new(pingora_proxy::http_proxy(&server_conf, river_app)),
-            forwarder,
-        ));
+        let compiled = Arc::new(Service::build(
+            service,
+            access_log.clone(),
+            service_stats.clone(),
+        )?);
+        tracing::debug!(service = %compiled.name, "service built");
+        let upstreams = compiled.upstreams();
+        let app = Arc::new(Front::new(compiled, &server_conf));
         discovered.register(service, upstreams, app.clone());
         for listener in &service.listeners {
             let fd = sockets
@@ -338,7 +352,7 @@ async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerEr
             };
             let endpoint = Arc::new(tls::Endpoint::new(app.clone(), acceptor));
             loops.push((
-                serve::Inherited::adopt(&listener.address, fd)?,
+                accept::Inherited::adopt(&listener.address, fd)?,
                 endpoint,
                 service_stats.clone(),
             ));
@@ -433,7 +447,7 @@ impl Running {
     /// The whole generation is ready: accept on every listener.
     fn start_accepting(&mut self) {
         for (listener, app, service_stats) in self.pending.drain(..) {
-            self.accept_loops.push(tokio::spawn(serve::accept_loop(
+            self.accept_loops.push(tokio::spawn(accept::accept_loop(
                 listener,
                 app,
                 self.stop_rx.clone(),

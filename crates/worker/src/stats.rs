@@ -81,6 +81,7 @@ pub struct ServiceStats {
 
 impl ServiceStats {
     /// Counters that go nowhere, for tests of the code that counts.
+    #[cfg(test)]
     pub fn detached() -> ServiceStats {
         let layout = StatsLayout {
             workers: 1,

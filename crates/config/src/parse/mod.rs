@@ -6,6 +6,7 @@ mod rate_limit;
 mod service;
 mod shape;
 mod system;
+mod timeouts;
 mod upstreams;
 mod values;
 

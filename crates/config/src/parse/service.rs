@@ -17,6 +17,7 @@ const SERVICE_KEYS: &[&str] = &[
     "welcome-page",
     "path-control",
     "rate-limiting",
+    "timeouts",
 ];
 
 impl Builder<'_> {
@@ -168,10 +169,15 @@ impl Builder<'_> {
                 ServiceKind::WelcomePage
             }
         };
+        let timeouts = match find("timeouts") {
+            Some(n) => self.timeouts(n, matches!(kind, ServiceKind::Proxy(_)), body_key),
+            None => Timeouts::default(),
+        };
         Some(Service {
             name: svc_name,
             listeners,
             kind,
+            timeouts,
         })
     }
 

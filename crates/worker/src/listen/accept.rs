@@ -7,43 +7,60 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pingora_core::apps::ServerApp;
-use pingora_core::protocols::l4::listener::Listener;
-use pingora_core::protocols::Stream;
 use river_config::ListenAddress;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
-use crate::balance::{Board, DEFER_TICK, MAX_DEFER};
+use crate::listen::balance::{Board, DEFER_TICK, MAX_DEFER};
+use crate::listen::buffered::WriteBuffered;
+use crate::listen::socket::Socket;
+use crate::listen::tls::Endpoint;
 use crate::stats::ServiceStats;
 
 /// A listening socket received from the master, registered with this runtime.
-/// pingora's listener records each connection's peer address (X-Forwarded-For,
-/// CIDR filters, logs).
-pub struct Inherited(Listener);
+pub enum Inherited {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
 
 impl Inherited {
     /// Adopt `fd`, which the master bound to `address` and already put in listen state.
     pub fn adopt(address: &ListenAddress, fd: OwnedFd) -> std::io::Result<Self> {
-        let listener = match address {
+        Ok(match address {
             ListenAddress::Tcp(_) => {
                 let std_listener = std::net::TcpListener::from(fd);
                 std_listener.set_nonblocking(true)?;
-                Listener::from(TcpListener::from_std(std_listener)?)
+                Inherited::Tcp(TcpListener::from_std(std_listener)?)
             }
             ListenAddress::Unix(_) => {
                 let std_listener = std::os::unix::net::UnixListener::from(fd);
                 std_listener.set_nonblocking(true)?;
-                Listener::from(UnixListener::from_std(std_listener)?)
+                Inherited::Unix(UnixListener::from_std(std_listener)?)
             }
-        };
-        Ok(Inherited(listener))
+        })
     }
 
-    async fn accept(&self) -> std::io::Result<Stream> {
-        let mut stream = self.0.accept().await?;
-        // Best effort, as pingora's own listeners: Unix sockets have no Nagle.
-        let _ = stream.set_nodelay();
-        Ok(Box::new(stream))
+    /// The next connection, with its write buffer and its peer's address
+    /// (X-Forwarded-For, CIDR filters, logs; TCP only). pingora's own
+    /// `Listener` would give each connection an L4 stream and a socket
+    /// digest, ~800 bytes for as long as it lives; the buffer makes a digest
+    /// when asked.
+    async fn accept(&self) -> std::io::Result<Box<WriteBuffered>> {
+        match self {
+            Inherited::Tcp(listener) => {
+                let (stream, peer) = listener.accept().await?;
+                // Best effort, as pingora's own listeners.
+                let _ = stream.set_nodelay(true);
+                Ok(Box::new(WriteBuffered::new(
+                    Socket::Tcp(stream),
+                    Some(peer),
+                )))
+            }
+            Inherited::Unix(listener) => {
+                let (stream, _) = listener.accept().await?;
+                Ok(Box::new(WriteBuffered::new(Socket::Unix(stream), None)))
+            }
+        }
     }
 }
 
@@ -90,11 +107,12 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// Accept on `listener` until `stop` turns true, handing each connection to `app`.
-/// `shutdown` is pingora's signal: once true, responses say `Connection: close`.
+/// Accept on `listener` until `stop` turns true, handing each connection to
+/// `endpoint`. `shutdown` is pingora's signal: once true, responses say
+/// `Connection: close`.
 pub async fn accept_loop<A>(
     listener: Inherited,
-    app: Arc<A>,
+    endpoint: Arc<Endpoint<A>>,
     mut stop: watch::Receiver<bool>,
     shutdown: watch::Receiver<bool>,
     connections: ConnectionCount,
@@ -116,11 +134,11 @@ pub async fn accept_loop<A>(
                 let guard = connections.open();
                 // metrics: river_connections_active{service}
                 let counted = stats.connection_opened();
-                let app = app.clone();
+                let endpoint = endpoint.clone();
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
                     let _guard = (guard, counted);
-                    app.process_new(stream, &shutdown).await;
+                    endpoint.serve(stream, &shutdown).await;
                 });
             }
             Err(err) => {

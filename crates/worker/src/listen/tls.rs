@@ -6,13 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
 use pingora_core::listeners::tls::Acceptor;
-use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::Stream;
 
-use crate::buffered::WriteBuffered;
+use crate::listen::buffered::WriteBuffered;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::tls::{version, ServerConfig};
 use river_config::ListenAddress;
@@ -101,6 +99,22 @@ fn server_config(
     Ok(config)
 }
 
+/// The TLS handshake of one connection, within [`HANDSHAKE_TIMEOUT`]: the
+/// encrypted stream, or `None` (logged at debug level) when it failed.
+async fn handshake(acceptor: &Acceptor, buffered: WriteBuffered) -> Option<Stream> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(buffered)).await {
+        Ok(Ok(tls)) => Some(Box::new(tls)),
+        Ok(Err(err)) => {
+            tracing::debug!(error = %err, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            None
+        }
+    }
+}
+
 /// What an accept loop hands connections to: the service's app, behind a TLS
 /// handshake on TLS listeners.
 pub struct Endpoint<A> {
@@ -114,44 +128,24 @@ impl<A> Endpoint<A> {
     }
 }
 
-#[async_trait]
-impl<A> ServerApp for Endpoint<A>
+impl<A> Endpoint<A>
 where
     A: ServerApp + Send + Sync + 'static,
 {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        // Accepted streams are pingora's L4 streams (see serve::Inherited).
-        let l4 = match stream.into_any().downcast::<L4Stream>() {
-            Ok(l4) => *l4,
-            Err(_) => {
-                tracing::error!("a listener accepted a stream that is not a socket");
-                return None;
-            }
+    /// Serve one accepted connection to its end: the TLS handshake on TLS
+    /// listeners, then the app.
+    pub async fn serve(&self, stream: Box<WriteBuffered>, shutdown: &ShutdownWatch) {
+        let stream: Stream = match &self.tls {
+            None => stream,
+            // Boxed, and only the boxed stream kept: a connection's future is
+            // as large as its largest state for as long as it lives, and the
+            // handshake's (a whole rustls connection) is kilobytes.
+            Some(acceptor) => match Box::pin(handshake(acceptor, *stream)).await {
+                Some(tls) => tls,
+                None => return,
+            },
         };
-        // Buffered under TLS too, so a response's records leave in one write.
-        let buffered = WriteBuffered::new(l4);
-        let Some(acceptor) = &self.tls else {
-            return self.app.process_new(Box::new(buffered), shutdown).await;
-        };
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(buffered)).await {
-            Ok(Ok(tls)) => self.app.process_new(Box::new(tls), shutdown).await,
-            Ok(Err(err)) => {
-                tracing::debug!(error = %err, "TLS handshake failed");
-                None
-            }
-            Err(_) => {
-                tracing::debug!("TLS handshake timed out");
-                None
-            }
-        }
-    }
-
-    async fn cleanup(&self) {
-        self.app.cleanup().await;
+        self.app.process_new(stream, shutdown).await;
     }
 }
 

@@ -27,9 +27,6 @@ use river_config::{
     DiscoveredName, HealthCheck, LoadBalance, Selection, SelectionKey, Upstream, UpstreamProto,
 };
 
-/// How long connecting to an upstream may take (nginx's proxy_connect_timeout
-/// is 60 s; a reverse proxy in front of local services wants to fail faster).
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A health check probe's own limit: a hung upstream is an unhealthy one.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -75,6 +72,7 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
+    #[cfg(test)]
     pub fn build(upstreams: &[Upstream], config: &LoadBalance) -> Result<Self, UpstreamError> {
         Self::build_with_names(upstreams, &[], config, ServiceStats::detached())
     }
@@ -330,7 +328,7 @@ fn futures_now<F: std::future::Future<Output = Result<()>>>(future: F) -> Result
     }
 }
 
-/// How the proxy reaches `upstream`.
+/// How the proxy reaches `upstream` (its timeouts are the caller's).
 pub fn peer(upstream: &Upstream) -> HttpPeer {
     let sni = upstream.tls_sni.clone().unwrap_or_default();
     let mut peer = HttpPeer::new(upstream.address, upstream.tls_sni.is_some(), sni);
@@ -339,7 +337,6 @@ pub fn peer(upstream: &Upstream) -> HttpPeer {
         UpstreamProto::H2Only => peer.options.set_http_version(2, 2),
         UpstreamProto::H2OrH1 => peer.options.set_http_version(2, 1),
     }
-    peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
     peer
 }
 

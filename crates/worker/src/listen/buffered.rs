@@ -12,26 +12,36 @@
 //! their records coalesce the same way.
 
 use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use async_trait::async_trait;
-use pingora_core::protocols::l4::stream::{Stream as L4Stream, DEFAULT_L4_WRITE_BUFFER_SIZE};
-use pingora_core::protocols::{Peek, Shutdown, Ssl};
+use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora_core::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE;
+use pingora_core::protocols::{GetSocketDigest, Peek, Shutdown, SocketDigest, Ssl};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::listen::socket::Socket;
 
 /// Buffers writes up to `capacity`; see the module documentation.
 #[derive(Debug)]
-pub struct WriteBuffered<W = L4Stream> {
+pub struct WriteBuffered<W = Socket> {
     io: W,
     buf: Vec<u8>,
     capacity: usize,
+    /// The client's address, for the socket digest made when asked.
+    peer: Option<SocketAddr>,
 }
 
 impl WriteBuffered {
-    /// A downstream socket with pingora's default write buffer.
-    pub fn new(stream: L4Stream) -> Self {
-        WriteBuffered::with_capacity(stream, DEFAULT_L4_WRITE_BUFFER_SIZE)
+    /// A downstream socket from `peer` with pingora's default write buffer.
+    pub fn new(stream: Socket, peer: Option<SocketAddr>) -> Self {
+        let mut buffered = WriteBuffered::with_capacity(stream, DEFAULT_L4_WRITE_BUFFER_SIZE);
+        buffered.peer = peer;
+        buffered
     }
 }
 
@@ -39,12 +49,15 @@ impl<W: AsyncWrite + Unpin> WriteBuffered<W> {
     fn with_capacity(io: W, capacity: usize) -> Self {
         WriteBuffered {
             io,
-            buf: Vec::with_capacity(capacity),
+            // Allocated by the first write: an idle connection holds none.
+            buf: Vec::new(),
             capacity,
+            peer: None,
         }
     }
 
-    /// Write out everything buffered.
+    /// Write out everything buffered, and give the buffer back: a flushed
+    /// connection is usually one that waits for its next request.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         while !self.buf.is_empty() {
             let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.buf))?;
@@ -53,6 +66,7 @@ impl<W: AsyncWrite + Unpin> WriteBuffered<W> {
             }
             self.buf.drain(..n);
         }
+        self.buf = Vec::new();
         Poll::Ready(Ok(()))
     }
 }
@@ -76,6 +90,9 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for WriteBuffered<W> {
         let this = self.get_mut();
         loop {
             if this.buf.len() + data.len() <= this.capacity {
+                if this.buf.capacity() == 0 {
+                    this.buf.reserve_exact(this.capacity);
+                }
                 this.buf.extend_from_slice(data);
                 return Poll::Ready(Ok(data.len()));
             }
@@ -136,7 +153,25 @@ impl Shutdown for WriteBuffered {
 /// No TLS at this layer (a TLS stream wraps this one).
 impl Ssl for WriteBuffered {}
 
-delegate_connection_info!(WriteBuffered, io);
+delegate_connection_info!(WriteBuffered, io, without socket digest);
+
+/// The socket digest (peer address, fd) is made when pingora or the HTTP/1
+/// session asks, once per request at most, instead of living as long as the
+/// connection: ~400 bytes an idle connection does not hold.
+impl GetSocketDigest for WriteBuffered {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        if let Some(digest) = self.io.get_socket_digest() {
+            return Some(digest);
+        }
+        let digest = SocketDigest::from_raw_fd(self.io.as_raw_fd());
+        let _ = digest.peer_addr.set(self.peer.map(PingoraAddr::Inet));
+        Some(Arc::new(digest))
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.io.set_socket_digest(digest)
+    }
+}
 
 #[async_trait]
 impl Peek for WriteBuffered {
@@ -210,6 +245,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_socket_digest_is_made_when_asked() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, peer) = listener.accept().await.unwrap();
+        let buffered = WriteBuffered::new(Socket::Tcp(accepted), Some(peer));
+        let digest = buffered.get_socket_digest().expect("a digest");
+        assert_eq!(
+            digest.peer_addr.get(),
+            Some(&Some(PingoraAddr::Inet(client.local_addr().unwrap())))
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_write_buffer() {
+        let mut w = WriteBuffered::with_capacity(Recorder::default(), 1460);
+        assert_eq!(
+            w.buf.capacity(),
+            0,
+            "nothing allocated before the first write"
+        );
+        w.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        assert_eq!(w.buf.capacity(), 1460);
+        w.flush().await.unwrap();
+        assert_eq!(w.buf.capacity(), 0, "given back once flushed");
+        assert_eq!(w.io.out, b"HTTP/1.1 200 OK\r\n\r\n");
+    }
+
+    #[tokio::test]
     async fn a_header_and_a_body_larger_than_the_buffer_leave_in_one_write() {
         let mut w = WriteBuffered::with_capacity(Recorder::default(), DEFAULT_L4_WRITE_BUFFER_SIZE);
         let header = b"HTTP/1.1 200 OK\r\nContent-Length: 4096\r\n\r\n";
@@ -257,8 +322,8 @@ mod tests {
     async fn small_writes_leave_together_at_flush() {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         ours.set_nonblocking(true).unwrap();
-        let stream = L4Stream::from(tokio::net::UnixStream::from_std(ours).unwrap());
-        let mut buffered = WriteBuffered::new(stream);
+        let stream = Socket::Unix(tokio::net::UnixStream::from_std(ours).unwrap());
+        let mut buffered = WriteBuffered::new(stream, None);
         let mut peer = theirs;
         peer.set_nonblocking(true).unwrap();
 

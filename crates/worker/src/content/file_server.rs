@@ -21,7 +21,7 @@ use pingora_core::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
-use crate::respond::{respond_status, respond_status_with};
+use crate::content::respond::{respond_status, respond_status_with};
 
 /// Bytes read from disk and sent per body chunk: large files are streamed.
 const CHUNK: usize = 64 * 1024;

@@ -1,6 +1,7 @@
 //! A connection with bytes already read from it put back in front, so that the
-//! HTTP/1 forwarder can hand a request it does not take (an upgrade, a chunked
-//! upload, HTTP/1.0...) to pingora, which then reads it from the start.
+//! HTTP/1 session can hand a request the fast path does not take (an upgrade,
+//! a chunked upload, HTTP/1.0...) to pingora, which then reads it from the
+//! start, and take the connection back afterwards.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,6 +22,12 @@ pub struct Rewind<S = Stream> {
 impl<S> Rewind<S> {
     pub fn new(unread: BytesMut, io: S) -> Self {
         Rewind { unread, io }
+    }
+
+    /// The bytes not read yet, and the connection: what the HTTP/1 session
+    /// takes back when pingora is done with a request.
+    pub fn into_parts(self) -> (BytesMut, S) {
+        (self.unread, self.io)
     }
 }
 
