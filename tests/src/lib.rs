@@ -5,6 +5,7 @@
 pub mod client;
 pub mod features;
 pub mod load;
+pub mod raw;
 pub mod river;
 pub mod upstream;
 
