@@ -1038,6 +1038,45 @@ fn run_script(mut stream: TcpStream, recording: &Recording, steps: &[Step], stop
     let _ = stream.shutdown(Shutdown::Both);
 }
 
+/// A listening address that never completes a connection: its accept queue
+/// is full and nobody accepts, so the kernel drops further SYNs and a
+/// connect to it hangs until the connector's own timeout.
+pub struct Unanswered {
+    pub addr: SocketAddr,
+    _listener: TcpListener,
+    _queued: Vec<TcpStream>,
+}
+
+impl Unanswered {
+    pub fn start() -> std::io::Result<Unanswered> {
+        use std::os::fd::AsRawFd;
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        // SAFETY: listen(2) on a socket this function owns; calling it again
+        // on a listening socket only changes the backlog.
+        if unsafe { libc::listen(listener.as_raw_fd(), 0) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let addr = listener.local_addr()?;
+        let mut queued = Vec::new();
+        // Fill the queue: connects succeed until it is full, then hang.
+        for _ in 0..16 {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(stream) => queued.push(stream),
+                Err(_) => {
+                    return Ok(Unanswered {
+                        addr,
+                        _listener: listener,
+                        _queued: queued,
+                    })
+                }
+            }
+        }
+        Err(std::io::Error::other(
+            "the accept queue never filled: connects to it would not hang",
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1083,6 +1122,15 @@ mod tests {
         assert_eq!(paths, ["/a", "/b"]);
         assert_eq!(requests[0].body, b"abc");
         assert_eq!(rest, b"GET /c");
+    }
+
+    #[test]
+    fn unanswered_connects_hang() {
+        let unanswered = Unanswered::start().expect("an unanswered listener");
+        let started = Instant::now();
+        let result = TcpStream::connect_timeout(&unanswered.addr, Duration::from_millis(300));
+        assert!(result.is_err(), "a connect completed");
+        assert!(started.elapsed() >= Duration::from_millis(250));
     }
 
     #[test]

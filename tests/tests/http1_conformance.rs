@@ -37,7 +37,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use river_tests::free_port;
-use river_tests::raw::{Piece, RawClient, Read, Request, Response, Script, ScriptedUpstream, Step};
+use river_tests::raw::{
+    Piece, RawClient, Read, Request, Response, Script, ScriptedUpstream, Step, Unanswered,
+};
 use river_tests::river::River;
 
 /// How long a read waits for a response (a hang fails the check, not the run).
@@ -104,6 +106,9 @@ struct Vector {
     service: String,
     force: Force,
     checks: Vec<Check>,
+    /// The services' upstream never completes a TCP connection
+    /// ([`Unanswered`]); the scripted upstreams then see nothing.
+    unanswered: bool,
 }
 
 /// A vector whose client sends `bytes` and reads one response; the upstream
@@ -119,6 +124,7 @@ fn pieces(send: Vec<Piece>) -> Vector {
         service: String::new(),
         force: Force::ConnectionToken,
         checks: Vec::new(),
+        unanswered: false,
     }
 }
 
@@ -186,6 +192,12 @@ impl Vector {
 
     fn force(mut self, force: Force) -> Self {
         self.force = force;
+        self
+    }
+
+    /// Connects to the upstream hang (see [`Unanswered`]).
+    fn unanswered(mut self) -> Self {
+        self.unanswered = true;
         self
     }
 }
@@ -893,11 +905,24 @@ vectors! {
         .upstream(Script::each(vec![Step::Request, Step::Send(ok(&["Content-Length: 100"], "0123456789")), Step::Hang]))
         .timeouts(&[("upstream-read-secs", 1)])
         .expect([BrokenBody(b""), Within(Duration::from_secs(5))]),
-    /// A slow upstream within the timeout (it is per read) is fine.
+    /// A slow upstream within the timeout is fine: it is per read, not per
+    /// response (three 1 s gaps, 3 s in all, against 2 s).
     timeout_upstream_read_is_between_reads => get()
-        .upstream(Script::each(vec![Step::Request, Step::Pause(Duration::from_millis(1200)), Step::Send(ok(&["Content-Length: 10"], "01234")), Step::Pause(Duration::from_millis(1200)), Step::Send(b"56789".to_vec()), Step::Serve]))
+        .upstream(Script::each(vec![
+            Step::Request,
+            Step::Pause(Duration::from_secs(1)), Step::Send(ok(&["Content-Length: 10"], "012")),
+            Step::Pause(Duration::from_secs(1)), Step::Send(b"3456".to_vec()),
+            Step::Pause(Duration::from_secs(1)), Step::Send(b"789".to_vec()),
+            Step::Serve,
+        ]))
         .timeouts(&[("upstream-read-secs", 2)])
         .expect([Status(&[200]), Body(b"0123456789")]),
+    /// An upstream that does not complete the TCP handshake: 504 after
+    /// upstream-connect-secs (nginx: 504 on a connect timeout).
+    timeout_upstream_connect_is_504 => get()
+        .unanswered()
+        .timeouts(&[("upstream-connect-secs", 1)])
+        .expect([Status(&[504]), Within(Duration::from_secs(5))]),
     /// Slowloris: a head trickled a byte at a time; the whole head must come
     /// within client-header-secs. The pingora run sends 130 field lines first
     /// so that pingora has the connection while the head is still arriving.
@@ -1117,20 +1142,39 @@ struct Pair {
     _river: River,
     fast: (SocketAddr, ScriptedUpstream),
     pingora: (SocketAddr, ScriptedUpstream),
+    _unanswered: Option<Unanswered>,
 }
 
 impl Pair {
     fn start(script: &Script, service_lines: &str) -> Pair {
+        Pair::start_with(script, service_lines, false)
+    }
+
+    /// As [`Pair::start`]; with `unanswered`, both services' connector is an
+    /// address that never completes a connection.
+    fn start_with(script: &Script, service_lines: &str, unanswered: bool) -> Pair {
         let fast_up = ScriptedUpstream::start(script.clone()).expect("bind an upstream");
         let pingora_up = ScriptedUpstream::start(script.clone()).expect("bind an upstream");
+        let unanswered =
+            unanswered.then(|| Unanswered::start().expect("a listener that never accepts"));
+        let connector = |scripted: &ScriptedUpstream| match &unanswered {
+            Some(unanswered) => unanswered.addr,
+            None => scripted.addr,
+        };
         let (fast_port, pingora_port) = (free_port(), free_port());
-        let services = service("Fast", fast_port, fast_up.addr, service_lines)
-            + &service("Pingora", pingora_port, pingora_up.addr, service_lines);
+        let services = service("Fast", fast_port, connector(&fast_up), service_lines)
+            + &service(
+                "Pingora",
+                pingora_port,
+                connector(&pingora_up),
+                service_lines,
+            );
         let river = River::start("    workers 1", &services);
         Pair {
             _river: river,
             fast: (river_tests::local(fast_port), fast_up),
             pingora: (river_tests::local(pingora_port), pingora_up),
+            _unanswered: unanswered,
         }
     }
 }
@@ -1138,7 +1182,7 @@ impl Pair {
 /// Run `vector` on both paths at once and check both; panic with a report
 /// naming the path, the failed checks and what was seen.
 fn run(name: &str, vector: Vector) {
-    let pair = Pair::start(&vector.script, &vector.service);
+    let pair = Pair::start_with(&vector.script, &vector.service, vector.unanswered);
     let (fast, pingora) = std::thread::scope(|s| {
         let fast = s.spawn(|| run_path(Path::Fast, pair.fast.0, &vector, &pair.fast.1));
         let pingora = s.spawn(|| run_path(Path::Pingora, pair.pingora.0, &vector, &pair.pingora.1));
