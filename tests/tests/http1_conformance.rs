@@ -1332,7 +1332,15 @@ fn show(bytes: &[u8], max: usize) -> String {
 fn show_got(got: Option<&Got>) -> String {
     match got {
         None => "nothing read".into(),
-        Some(Got::Http(Read::Response(r))) => format!("{} {}", r.status, show(&r.raw, 300)),
+        Some(Got::Http(Read::Response(r))) => {
+            // No scripted upstream sends a Date; pingora adds one.
+            let by = if r.fields.has("date") {
+                "pingora's path"
+            } else {
+                "the fast path"
+            };
+            format!("{} (served by {by}) {}", r.status, show(&r.raw, 300))
+        }
         Some(Got::Http(Read::Closed(rest))) => format!("closed after {}", show(rest, 300)),
         Some(Got::Http(Read::TimedOut(rest))) => {
             format!(
