@@ -1333,13 +1333,14 @@ fn show_got(got: Option<&Got>) -> String {
     match got {
         None => "nothing read".into(),
         Some(Got::Http(Read::Response(r))) => {
-            // No scripted upstream sends a Date; pingora adds one.
-            let by = if r.fields.has("date") {
-                "pingora's path"
+            // No scripted upstream sends a Date; pingora adds one to what
+            // it serves (not to what it relays raw, such as a 101).
+            let date = if r.fields.has("date") {
+                " (with pingora's Date)"
             } else {
-                "the fast path"
+                ""
             };
-            format!("{} (served by {by}) {}", r.status, show(&r.raw, 300))
+            format!("{}{date} {}", r.status, show(&r.raw, 300))
         }
         Some(Got::Http(Read::Closed(rest))) => format!("closed after {}", show(rest, 300)),
         Some(Got::Http(Read::TimedOut(rest))) => {
