@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod raw;
 pub mod river;
 pub mod upstream;
+pub mod wire;
 
 use std::time::{Duration, Instant};
 

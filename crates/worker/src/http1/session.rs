@@ -29,6 +29,7 @@ use tokio::sync::Notify;
 
 use crate::access_log::{AccessLog, Entry};
 use crate::content::respond::{reason, status_body};
+use crate::http1::body::Framing;
 use crate::http1::forward::{Forwarder, Job};
 use crate::http1::head::{self, Parsed, RequestError, FAST_HEADERS, MAX_HEADERS};
 use crate::http1::rewind::Rewind;
@@ -202,7 +203,7 @@ impl<G: General> Http1<G> {
                     return;
                 }
                 Decision::General => {
-                    let buf = std::mem::take(&mut c.buf);
+                    let buf = for_pingora(std::mem::take(&mut c.buf));
                     let stream: Stream = Box::new(Rewind::new(buf, c.down));
                     let Some(back) = self.general.serve_one(stream, shutdown).await else {
                         return;
@@ -263,10 +264,9 @@ impl<G: General> Http1<G> {
     /// Parse the head at the start of `c.buf` and decide who serves it.
     fn decide(&self, c: &Conn) -> Decision {
         with_request_head(&c.buf, |parsed| match parsed {
-            Err(RequestError::Malformed) if request_line_unparsed(&c.buf) => {
-                // pingora escapes bytes httparse refuses in the target (and
-                // then checks the head with the same rules, `proxy/app.rs`)
-                // or answers 400 itself.
+            Err(RequestError::Malformed) if unsupported_version(&c.buf) => {
+                // A well-formed request line of another HTTP version:
+                // pingora answers it (505, or 400) as it always has.
                 Decision::General
             }
             Err(err) => Decision::Refuse(err),
@@ -368,19 +368,103 @@ fn many_headers<R>(
     f(head::parse_request(buf, &mut headers))
 }
 
-/// Whether httparse stopped in the request line (a target with bytes it
-/// refuses), rather than in the header fields.
-fn request_line_unparsed(buf: &[u8]) -> bool {
+/// Whether the head's request line is well formed but for its HTTP version
+/// (`HTTP/1.2`, `HTTP/2.0`): three words, a method of capitals. A request
+/// line with bytes httparse refuses in the target (a control byte, a space
+/// that makes a fourth word) is not: RFC 9112 §3.2 says not to auto-correct
+/// it (pingora would escape it), and River answers 400.
+fn unsupported_version(buf: &[u8]) -> bool {
     let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
     let line = &buf[..line_end];
+    let words = line
+        .strip_suffix(b"\r")
+        .unwrap_or(line)
+        .split(|&b| b == b' ');
     let mut headers = [httparse::EMPTY_HEADER; 0];
     let mut req = httparse::Request::new(&mut headers);
-    // A request line httparse reads is followed by the header section; one
-    // it does not is refused with a token or version error.
-    matches!(
-        req.parse(line),
-        Err(httparse::Error::Token | httparse::Error::Version)
-    ) && line.first().is_some_and(u8::is_ascii_uppercase)
+    words.count() == 3
+        && matches!(req.parse(line), Err(httparse::Error::Version))
+        && line.first().is_some_and(u8::is_ascii_uppercase)
+}
+
+/// `buf`, starting with a request head for pingora, with that head
+/// rewritten where pingora would read it differently (see
+/// [`head_for_pingora`]). Parsed again here, off the connection's future:
+/// only requests for pingora pay for it.
+fn for_pingora(buf: BytesMut) -> BytesMut {
+    let rewritten = with_request_head(&buf, |parsed| match parsed {
+        Ok(Parsed::Complete((request, headers))) => {
+            head_for_pingora(&buf, &request, headers).map(|head| (head, request.len))
+        }
+        _ => None,
+    });
+    let Some((head, len)) = rewritten else {
+        return buf;
+    };
+    let mut out = BytesMut::from(&head[..]);
+    out.extend_from_slice(&buf[len..]);
+    out
+}
+
+/// A request head for pingora, rewritten where pingora would read it
+/// differently from the model: a `Transfer-Encoding` the model reads as plain
+/// `chunked` but pingora would not (`chunked, ` with an empty list element,
+/// several field lines), and `Connection` over several lines (pingora reads
+/// only the first: `keep-alive` then `close` would keep the connection). The
+/// head again with one `Transfer-Encoding: chunked` line and one `Connection`
+/// line listing every option, in order; None when it is fine as it is.
+fn head_for_pingora(
+    buf: &[u8],
+    request: &head::Request<'_>,
+    headers: &[httparse::Header<'_>],
+) -> Option<Vec<u8>> {
+    let named =
+        |name: &'static str| move |h: &&httparse::Header<'_>| h.name.eq_ignore_ascii_case(name);
+    let te_lines: Vec<&httparse::Header<'_>> =
+        headers.iter().filter(named("transfer-encoding")).collect();
+    let te_fine = match te_lines[..] {
+        [] => true,
+        [only] => only.value.trim_ascii().eq_ignore_ascii_case(b"chunked"),
+        _ => false,
+    };
+    let rewrite_te = request.framing == Framing::Chunked && !te_fine;
+    let connection: Vec<&httparse::Header<'_>> =
+        headers.iter().filter(named("connection")).collect();
+    let merge_connection = connection.len() > 1;
+    if !rewrite_te && !merge_connection {
+        return None;
+    }
+    let line_end = buf.iter().position(|&b| b == b'\n')?;
+    let mut head = Vec::with_capacity(request.len);
+    head.extend_from_slice(&buf[..=line_end]);
+    let mut connection_written = false;
+    for header in headers {
+        let is_te = header.name.eq_ignore_ascii_case("transfer-encoding");
+        let is_connection = header.name.eq_ignore_ascii_case("connection");
+        if (is_te && rewrite_te) || (is_connection && merge_connection && connection_written) {
+            continue;
+        }
+        head.extend_from_slice(header.name.as_bytes());
+        head.extend_from_slice(b": ");
+        if is_connection && merge_connection {
+            let options: Vec<&[u8]> = connection
+                .iter()
+                .flat_map(|h| h.value.split(|&b| b == b','))
+                .map(<[u8]>::trim_ascii)
+                .filter(|o| !o.is_empty())
+                .collect();
+            head.extend_from_slice(&options.join(&b", "[..]));
+            connection_written = true;
+        } else {
+            head.extend_from_slice(header.value);
+        }
+        head.extend_from_slice(b"\r\n");
+    }
+    if rewrite_te {
+        head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    Some(head)
 }
 
 /// Method and path of a request line, for the log of a refused request.
@@ -471,14 +555,19 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn only_a_request_line_pingora_may_escape_goes_to_it() {
-        assert!(request_line_unparsed(
+    fn only_another_http_version_goes_to_pingora() {
+        assert!(unsupported_version(b"GET / HTTP/1.2\r\nhost: x\r\n\r\n"));
+        // A space or a control byte in the target: refused, not escaped.
+        assert!(!unsupported_version(
             b"GET /a b HTTP/1.1\r\nhost: x\r\n\r\n"
         ));
-        assert!(!request_line_unparsed(
+        assert!(!unsupported_version(
+            b"GET /a\x01b HTTP/1.1\r\nhost: x\r\n\r\n"
+        ));
+        assert!(!unsupported_version(
             b"GET / HTTP/1.1\r\nbad header\r\n\r\n"
         ));
-        assert!(!request_line_unparsed(b"\x16\x03\x01\x00"));
+        assert!(!unsupported_version(b"\x16\x03\x01\x00"));
     }
 
     /// The general path of the tests: records the bytes it was handed and

@@ -79,6 +79,19 @@ impl ProxyHttp for RiverApp {
             return Ok(true);
         }
         ctx.upgrade = conform::Asked::of(session.req_header()).upgrade.is_some();
+        if !ctx.upgrade
+            && session
+                .req_header()
+                .headers
+                .contains_key(http::header::UPGRADE)
+        {
+            // Upgrade not named in Connection (or in HTTP/1.0) asks for
+            // nothing (RFC 9110 §7.8): a hop-by-hop field pingora must not
+            // take for an upgrade, nor forward.
+            session
+                .req_header_mut()
+                .remove_header(&http::header::UPGRADE);
+        }
         if ctx.upgrade {
             // Reads on an upgraded connection wait for tunnel-idle-secs, not
             // for a request body's client-body-secs.
