@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use river_worker::fuzzing::ChunkedDecoder;
+use river_http1::chunked::ChunkedDecoder;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&piece, body)) = data.split_first() else {

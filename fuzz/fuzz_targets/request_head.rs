@@ -5,9 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use river_worker::fuzzing::{
-    parse_request, valid_host, Framing, Parsed, RequestError, MAX_HEAD, MAX_HEADERS,
-};
+use river_http1::body::Framing;
+use river_http1::head::{parse_request, valid_host, Parsed, RequestError, MAX_HEAD, MAX_HEADERS};
 
 fuzz_target!(|data: &[u8]| {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];

@@ -4,7 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use river_worker::fuzzing::{parse_response, Asked, Framing, Parsed, MAX_HEAD, MAX_HEADERS};
+use river_http1::body::Framing;
+use river_http1::head::{parse_response, Asked, Parsed, MAX_HEAD, MAX_HEADERS};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&choice, head)) = data.split_first() else {

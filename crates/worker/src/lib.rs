@@ -89,18 +89,6 @@ use service::Service;
 pub use privileges::{drop_privileges, Outcome as PrivilegeOutcome, PrivilegeError};
 pub use service::BuildError;
 
-/// The parsers of River's HTTP/1 path, for the fuzz targets in `fuzz/`: not
-/// an API, and not stable.
-#[doc(hidden)]
-pub mod fuzzing {
-    pub use crate::http1::body::Framing;
-    pub use crate::http1::chunked::{ChunkedDecoder, ChunkedError};
-    pub use crate::http1::head::{
-        is_hop_by_hop, parse_request, parse_response, valid_host, Asked, Parsed, Request,
-        RequestError, Response, ResponseError, MAX_HEAD, MAX_HEADERS,
-    };
-}
-
 /// How often a worker tells the master how many connections it holds.
 const LOAD_REPORT_INTERVAL: Duration = Duration::from_millis(500);
 

@@ -23,7 +23,7 @@
 //!   client asked for that upgrade (else 502).
 //! - Responses to HEAD, 204 and 304 have no body.
 
-use crate::http1::body::Framing;
+use crate::body::Framing;
 
 /// A request or response head larger than this is refused (431, 502).
 pub const MAX_HEAD: usize = 64 * 1024;
