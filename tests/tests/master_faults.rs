@@ -432,3 +432,38 @@ fn oversized_control_frames_are_refused_before_they_are_buffered() {
     );
     assert!(river.riverctl(&["status"]).status.success());
 }
+
+#[test]
+fn fd_exhaustion_is_logged_once_per_period_not_per_accept() {
+    let upstream = Upstream::start("alpha");
+    let port = free_port();
+    let river = River::spawn_under(
+        &["prlimit", "--nofile=48:48"],
+        "    workers 1\n    threads-per-service 1",
+        &tagged_proxy("S", &[port], upstream.addr, "0"),
+    );
+    river.wait_log("generation serving", 1);
+    // Far more connections than the worker has descriptors for: its
+    // accepts fail with EMFILE while they stay open.
+    let held: Vec<std::net::TcpStream> = (0..120)
+        .filter_map(|_| std::net::TcpStream::connect(local(port)).ok())
+        .collect();
+    river.wait_log("accept failed", 1);
+    std::thread::sleep(Duration::from_secs(3));
+    let lines = river.log().matches("accept failed").count();
+    assert!(
+        lines <= 2,
+        "{lines} lines about failed accepts in 3 s (20 a second before)"
+    );
+    drop(held);
+    // Descriptors back: it serves again.
+    wait_for(
+        "a response after the storm",
+        Duration::from_secs(10),
+        || {
+            client::get(local(port), "/")
+                .ok()
+                .filter(|r| r.status == 200)
+        },
+    );
+}

@@ -120,6 +120,7 @@ pub async fn accept_loop<A>(
 ) where
     A: ServerApp + Send + Sync + 'static,
 {
+    let mut failures = FailureLog::default();
     loop {
         if !connections.make_way(&mut stop).await {
             break;
@@ -143,9 +144,65 @@ pub async fn accept_loop<A>(
             }
             Err(err) => {
                 // EMFILE and friends: back off instead of spinning; the queue waits.
-                tracing::warn!(error = %err, "accept failed");
+                failures.failed(&err, std::time::Instant::now());
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// How often a run of failed accepts is logged: under fd exhaustion every
+/// accept fails, 20 times a second per listener, and an operator needs one
+/// line that says so, not a flood.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Logs the first failed accept at once, then at most one line per
+/// [`FAILURE_LOG_EVERY`], with how many failed meanwhile.
+#[derive(Default)]
+struct FailureLog {
+    last_logged: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+impl FailureLog {
+    /// Whether this failure was logged (false: counted for the next line).
+    fn failed(&mut self, err: &std::io::Error, now: std::time::Instant) -> bool {
+        let due = self
+            .last_logged
+            .is_none_or(|at| now.duration_since(at) >= FAILURE_LOG_EVERY);
+        if !due {
+            self.unlogged += 1;
+            return false;
+        }
+        if self.unlogged > 0 {
+            tracing::warn!(
+                error = %err,
+                failed_since_last_line = self.unlogged,
+                "accept failed (again)"
+            );
+        } else {
+            tracing::warn!(error = %err, "accept failed");
+        }
+        self.last_logged = Some(now);
+        self.unlogged = 0;
+        true
+    }
+}
+
+#[cfg(test)]
+mod failure_log_tests {
+    use super::*;
+
+    #[test]
+    fn a_storm_of_failed_accepts_logs_a_line_per_period() {
+        let mut log = FailureLog::default();
+        let err = std::io::Error::from_raw_os_error(libc::EMFILE);
+        let start = std::time::Instant::now();
+        // 20 a second for 25 s: lines at 0, 10 and 20 s only.
+        let logged = (0..500)
+            .filter(|i| log.failed(&err, start + Duration::from_millis(50 * i)))
+            .count();
+        assert_eq!(logged, 3);
+        assert_eq!(log.unlogged, 99);
     }
 }
