@@ -337,8 +337,9 @@ fn trailer(at: TrailerAt, byte: u8) -> Result<State, ChunkedError> {
     Ok(State::Trailer { at })
 }
 
-/// RFC 9110 §5.6.2 tchar.
-fn is_tchar(byte: u8) -> bool {
+/// RFC 9110 §5.6.2 tchar: a byte of a token (a field name, a method, a
+/// chunk extension's name).
+pub fn is_tchar(byte: u8) -> bool {
     byte.is_ascii_alphanumeric()
         || matches!(
             byte,

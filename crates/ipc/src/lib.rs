@@ -3,6 +3,7 @@
 //! and the shared-memory stats board ([`stats`]).
 
 pub mod channel;
+pub mod civil;
 mod error;
 pub mod frame;
 pub mod messages;

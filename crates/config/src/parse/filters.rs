@@ -11,27 +11,8 @@ use crate::model::*;
 const PATH_CONTROL_KEYS: &[&str] = &["request-filters", "upstream-request", "upstream-response"];
 
 pub(super) fn is_valid_header_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'!' | b'#'
-                        | b'$'
-                        | b'%'
-                        | b'&'
-                        | b'\''
-                        | b'*'
-                        | b'+'
-                        | b'-'
-                        | b'.'
-                        | b'^'
-                        | b'_'
-                        | b'`'
-                        | b'|'
-                        | b'~'
-                )
-        })
+    // A field name is a token (RFC 9110 §5.1), as River's HTTP/1 model reads it.
+    !s.is_empty() && s.bytes().all(river_http1::chunked::is_tchar)
 }
 
 pub(super) fn is_valid_header_value(s: &str) -> bool {

@@ -238,6 +238,19 @@ impl Supervisor {
         self.generations.push(generation);
     }
 
+    /// Tear down every generation still starting (shutdown, retirement).
+    pub(super) fn abort_all_starting(&mut self, error: &str) {
+        let starting: Vec<u64> = self
+            .generations
+            .iter()
+            .filter(|g| g.state == State::Starting)
+            .map(|g| g.number)
+            .collect();
+        for number in starting {
+            self.abort_starting(number, error.to_owned());
+        }
+    }
+
     /// Tear down a generation that failed to start; the serving one is untouched.
     pub(super) fn abort_starting(&mut self, number: u64, error: String) {
         let Some(position) = self.generations.iter().position(|g| g.number == number) else {

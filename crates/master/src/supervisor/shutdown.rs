@@ -26,15 +26,7 @@ impl Supervisor {
         self.notify.stopping();
         let now = Instant::now();
         let mut drain = Duration::ZERO;
-        let starting: Vec<u64> = self
-            .generations
-            .iter()
-            .filter(|g| g.state == State::Starting)
-            .map(|g| g.number)
-            .collect();
-        for number in starting {
-            self.abort_starting(number, "the master is shutting down".into());
-        }
+        self.abort_all_starting("the master is shutting down");
         let deferred = self.deferred_start.take().map(|d| d.waiters);
         let validating = self.validating.take().map(|v| v.waiters);
         for waiter in self

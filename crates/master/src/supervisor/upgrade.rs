@@ -350,15 +350,7 @@ impl Supervisor {
                 error: "this master retired after a binary upgrade".into(),
             });
         }
-        let starting: Vec<u64> = self
-            .generations
-            .iter()
-            .filter(|g| g.state == State::Starting)
-            .map(|g| g.number)
-            .collect();
-        for number in starting {
-            self.abort_starting(number, "the master retired after a binary upgrade".into());
-        }
+        self.abort_all_starting("the master retired after a binary upgrade");
         self.drain_serving();
         self.remove_finished();
     }
