@@ -185,6 +185,10 @@ fn deep_nesting_of_every_construct_is_an_error() {
             "entry slashdash chain",
             format!("a {}1", "/- ".repeat(deep)),
         ),
+        (
+            "slashdash chain after a malformed value",
+            format!("a 0\"{}x", "/- ".repeat(deep)),
+        ),
         ("annotations", format!("a {}1", "(t)".repeat(deep))),
         ("node annotations", format!("{}a", "(t)".repeat(deep))),
         (
