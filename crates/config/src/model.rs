@@ -47,6 +47,16 @@ pub struct System {
     /// Read at start, like `control-socket`.
     #[serde(default)]
     pub metrics: Option<ListenAddress>,
+    /// Connection handoff: a draining generation hands its idle plaintext
+    /// HTTP/1 keep-alive connections and the upgraded connections River
+    /// copies (WebSocket) to the serving generation instead of waiting for
+    /// them to end. Default true; false is drain-only, as before.
+    #[serde(default = "yes")]
+    pub connection_handoff: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One entry of `services { NAME { ... } }`.

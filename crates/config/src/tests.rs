@@ -344,6 +344,7 @@ fn defaults() {
     assert_eq!(s.worker_startup_timeout_secs, 10);
     assert_eq!(s.listen_backlog, 4096);
     assert_eq!(s.access_log, None);
+    assert!(s.connection_handoff);
     let p = only_proxy(&c);
     assert_eq!(p.load_balance, LoadBalance::default());
     assert_eq!(p.path_control, PathControl::default());
@@ -467,6 +468,7 @@ fn all_system_keys() {
     listen-backlog 128
     access-log "/var/log/river/access.log"
     metrics "127.0.0.1:9091"
+    connection-handoff false
 }}
 {}"#,
         proxy("")
@@ -496,6 +498,31 @@ fn all_system_keys() {
         s.metrics,
         Some(ListenAddress::Tcp("127.0.0.1:9091".parse().unwrap()))
     );
+    assert!(!s.connection_handoff);
+}
+
+/// Issue 12: `connection-handoff` is a boolean (v1 or v2 syntax), default true.
+#[test]
+fn connection_handoff_switch() {
+    for (word, expect) in [
+        ("true", true),
+        ("false", false),
+        ("#true", true),
+        ("#false", false),
+    ] {
+        let src = format!("system {{\n    connection-handoff {word}\n}}\n{}", proxy(""));
+        assert_eq!(ok(&src).system.connection_handoff, expect, "{word}");
+    }
+    let src = format!("system {{\n    connection-handoff 1\n}}\n{}", proxy(""));
+    assert_error_at(&src, "1\n}", "`connection-handoff` must be a boolean");
+    let src = format!("system {{\n    connection-handoff\n}}\n{}", proxy(""));
+    err(&src);
+    // A config serialized before the switch existed (the master's JSON to a
+    // worker of the same binary never lacks it, but old test fixtures may).
+    let mut json = serde_json::to_value(ok(&proxy(""))).unwrap();
+    json["system"].as_object_mut().unwrap().remove("connection_handoff");
+    let back: Config = serde_json::from_value(json).unwrap();
+    assert!(back.system.connection_handoff);
 }
 
 #[test]

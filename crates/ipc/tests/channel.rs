@@ -62,6 +62,7 @@ fn sample_config() -> Config {
             listen_backlog: 4096,
             access_log: None,
             metrics: None,
+            connection_handoff: true,
         },
         services: vec![
             Service {

@@ -25,6 +25,7 @@ const SYSTEM_KEYS: &[&str] = &[
     "listen-backlog",
     "access-log",
     "metrics",
+    "connection-handoff",
 ];
 
 impl Builder<'_> {
@@ -91,6 +92,13 @@ impl Builder<'_> {
                         if let Some(v) = self.bool_of(e, key) {
                             sys.daemonize = v;
                             daemonize_span = Some(e.span());
+                        }
+                    }
+                }
+                "connection-handoff" => {
+                    if let Some(e) = self.single_arg(n, "true or false") {
+                        if let Some(v) = self.bool_of(e, key) {
+                            sys.connection_handoff = v;
                         }
                     }
                 }
@@ -184,5 +192,6 @@ pub(crate) fn default_system() -> System {
         listen_backlog: 4096,
         access_log: None,
         metrics: None,
+        connection_handoff: true,
     }
 }
