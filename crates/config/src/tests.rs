@@ -510,7 +510,10 @@ fn connection_handoff_switch() {
         ("#true", true),
         ("#false", false),
     ] {
-        let src = format!("system {{\n    connection-handoff {word}\n}}\n{}", proxy(""));
+        let src = format!(
+            "system {{\n    connection-handoff {word}\n}}\n{}",
+            proxy("")
+        );
         assert_eq!(ok(&src).system.connection_handoff, expect, "{word}");
     }
     let src = format!("system {{\n    connection-handoff 1\n}}\n{}", proxy(""));
@@ -520,7 +523,10 @@ fn connection_handoff_switch() {
     // A config serialized before the switch existed (the master's JSON to a
     // worker of the same binary never lacks it, but old test fixtures may).
     let mut json = serde_json::to_value(ok(&proxy(""))).unwrap();
-    json["system"].as_object_mut().unwrap().remove("connection_handoff");
+    json["system"]
+        .as_object_mut()
+        .unwrap()
+        .remove("connection_handoff");
     let back: Config = serde_json::from_value(json).unwrap();
     assert!(back.system.connection_handoff);
 }

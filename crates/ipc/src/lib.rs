@@ -6,6 +6,7 @@ pub mod channel;
 pub mod civil;
 mod error;
 pub mod frame;
+pub mod handoff;
 pub mod messages;
 pub mod stats;
 
@@ -15,6 +16,7 @@ pub use frame::{
     encode, FrameDecoder, FrameHeader, RawFrame, HEADER_LEN, MAX_FDS_PER_FRAME, MAX_FRAME_LEN,
     PROTOCOL_VERSION,
 };
+pub use handoff::{HandedConn, HandedIdle, HandedKind, HandedTunnel};
 pub use messages::*;
 
 /// River's version as the binaries report it: Cargo's, unless the build set

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use river_config::{Config, ListenAddress};
 use serde::{Deserialize, Serialize};
 
+use crate::handoff::HandedConn;
+
 /// Master -> worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ToWorker {
@@ -28,6 +30,19 @@ pub enum ToWorker {
     /// the service's selector in place. Relayed by the master from the
     /// generation's resolver; every worker of the generation gets the same.
     Discovered(DiscoveredSet),
+    /// Connection handoff (see [`crate::handoff`]): connections of a
+    /// draining worker for this serving worker. The frame carries their
+    /// descriptors in order ([`HandedConn::fds`] each). The worker answers
+    /// `Adopted` and serves none of them before `AdoptOutcome`.
+    Adopt { batch: u64, conns: Vec<HandedConn> },
+    /// The master's decision on an `Adopt` batch: `commit` serve the
+    /// connections this worker accepted, else close its copies (the sender
+    /// keeps them).
+    AdoptOutcome { batch: u64, commit: bool },
+    /// The answer to this worker's `Handoff` batch: `accepted[i]` says the
+    /// i-th connection moved (close this copy, without shutting the socket
+    /// down); the others stay and drain here.
+    HandoffResult { batch: u64, accepted: Vec<bool> },
 }
 
 /// The backends one DNS name of one service stands for now.
@@ -171,6 +186,14 @@ pub enum FromWorker {
     Draining,
     /// Periodic: open downstream connections.
     Load { connections: u64 },
+    /// Connection handoff, from a draining worker: take these connections
+    /// to the serving generation. The frame carries their descriptors in
+    /// order ([`HandedConn::fds`] each, at most 64 in all). Answered by
+    /// `HandoffResult`; until then the worker does not touch them.
+    Handoff { batch: u64, conns: Vec<HandedConn> },
+    /// The answer to `Adopt`: which connections this worker can serve
+    /// (false: no such service, a socket it could not use, a TLS one).
+    Adopted { batch: u64, accepted: Vec<bool> },
 }
 
 /// riverctl -> master, on the control socket.
@@ -201,6 +224,15 @@ pub enum ControlResponse {
         generation: u64,
         workers: usize,
         millis: u64,
+        /// With connection handoff: connections the retired generations had
+        /// handed to the new one when this answer left (more may follow).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        handed_over: Option<u64>,
+        /// With connection handoff: connections still open in draining
+        /// generations then (requests in flight, TLS, h2, tunnels to TLS
+        /// upstreams, and whatever the serving generation refused).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        draining: Option<u64>,
     },
     /// Validation, bind or worker start-up failed; the serving generation is unchanged.
     ReloadFailed {
@@ -298,6 +330,13 @@ pub struct GenerationStatus {
     /// Each DNS name of each service (`discovery "Dns"`), as the master knows it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub discovery: Vec<DiscoveryStatus>,
+    /// Connections this generation's workers adopted from draining ones
+    /// (connection handoff).
+    #[serde(default)]
+    pub handed_over_in: u64,
+    /// Connections this generation's workers handed to a newer one.
+    #[serde(default)]
+    pub handed_over_out: u64,
 }
 
 /// One discovered name of a generation.

@@ -189,6 +189,18 @@ async fn every_message_round_trips() {
                 weight: 1,
             }],
         }),
+        ToWorker::Adopt {
+            batch: 9,
+            conns: handed(),
+        },
+        ToWorker::AdoptOutcome {
+            batch: 9,
+            commit: true,
+        },
+        ToWorker::HandoffResult {
+            batch: 2,
+            accepted: vec![true, false],
+        },
     ] {
         round_trip(&master, &worker, &msg).await;
     }
@@ -216,6 +228,14 @@ async fn every_message_round_trips() {
         },
         FromWorker::Load {
             connections: u64::MAX,
+        },
+        FromWorker::Handoff {
+            batch: 1,
+            conns: handed(),
+        },
+        FromWorker::Adopted {
+            batch: 1,
+            accepted: vec![false, true],
         },
     ] {
         round_trip(&worker, &master, &msg).await;
@@ -281,6 +301,8 @@ async fn every_message_round_trips() {
                     last_error: Some("no answer within 2000 ms".into()),
                     inherited: false,
                 }],
+                handed_over_in: 312,
+                handed_over_out: 0,
             },
             GenerationStatus {
                 generation: 1,
@@ -288,6 +310,8 @@ async fn every_message_round_trips() {
                 workers: vec![],
                 drain_deadline_secs: Some(12),
                 discovery: vec![],
+                handed_over_in: 0,
+                handed_over_out: 312,
             },
         ],
         reloads: vec![record.clone()],
@@ -297,6 +321,15 @@ async fn every_message_round_trips() {
             generation: 2,
             workers: 4,
             millis: 35,
+            handed_over: None,
+            draining: None,
+        },
+        ControlResponse::Reloaded {
+            generation: 7,
+            workers: 2,
+            millis: 14,
+            handed_over: Some(312),
+            draining: Some(3),
         },
         ControlResponse::ReloadFailed {
             error: "nope".into(),
@@ -318,6 +351,76 @@ async fn every_message_round_trips() {
     ] {
         round_trip(&master, &worker, &msg).await;
     }
+}
+
+/// An idle connection and a tunnel, as a draining worker hands them over.
+fn handed() -> Vec<river_ipc::HandedConn> {
+    vec![
+        river_ipc::HandedConn::Idle(river_ipc::HandedIdle {
+            service: "Example".into(),
+            client: Some("192.0.2.1:40000".parse().unwrap()),
+            tls: false,
+        }),
+        river_ipc::HandedConn::Tunnel(Box::new(river_ipc::HandedTunnel {
+            service: "Example".into(),
+            client: None,
+            upstream: "10.0.0.5:8000".parse().unwrap(),
+            method: "GET".into(),
+            path: "/chat".into(),
+            started_unix_micros: 1_800_000_000_000_000,
+            to_client_bytes: 10,
+            to_upstream_bytes: 20,
+            client_done: false,
+            upstream_done: false,
+            to_client: vec![],
+            to_upstream: b"\x81\x05hello".to_vec(),
+        })),
+    ]
+}
+
+/// Issue 12: a handoff batch fills a frame (64 descriptors: 32 tunnels), and
+/// each descriptor arrives as the same socket.
+#[tokio::test]
+async fn a_full_handoff_batch_carries_64_sockets() {
+    let (master, worker) = pair();
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for _ in 0..64 {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.push(OwnedFd::from(a));
+        theirs.push(b);
+    }
+    let tunnel = handed().pop().unwrap();
+    let conns = vec![tunnel; 32];
+    river_ipc::handoff::check_batch(&conns, ours.len()).unwrap();
+    let fds: Vec<_> = ours.iter().map(|fd| fd.as_fd()).collect();
+    worker
+        .send(&FromWorker::Handoff { batch: 5, conns }, &fds)
+        .await
+        .unwrap();
+    let (msg, got): (FromWorker, _) = master.recv().await.unwrap().unwrap();
+    let FromWorker::Handoff { batch: 5, conns } = msg else {
+        panic!("{msg:?}");
+    };
+    river_ipc::handoff::check_batch(&conns, got.len()).unwrap();
+    for (got, ours) in got.iter().zip(&ours) {
+        assert!(same_file(got, ours));
+    }
+    // A 65th descriptor does not fit in a frame.
+    let (extra, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut fds: Vec<_> = ours.iter().map(|fd| fd.as_fd()).collect();
+    fds.push(extra.as_fd());
+    assert!(worker
+        .send(
+            &FromWorker::Handoff {
+                batch: 6,
+                conns: handed()
+            },
+            &fds
+        )
+        .await
+        .is_err());
+    drop(theirs);
 }
 
 #[tokio::test]

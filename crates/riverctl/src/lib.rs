@@ -122,10 +122,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             generation,
             workers,
             millis,
+            handed_over,
+            draining,
         } => {
             println!(
-                "reloaded: generation {generation} serving ({}, {millis} ms)",
-                plural(workers, "worker")
+                "{}",
+                reloaded_line(generation, workers, millis, handed_over, draining)
             );
             ExitCode::SUCCESS
         }
@@ -239,6 +241,30 @@ fn render_status(report: &StatusReport) -> String {
     out
 }
 
+/// `reloaded: generation 7 serving (2 workers, 14 ms; 312 connections
+/// handed over, 3 draining)`; without connection handoff, no `;` part.
+fn reloaded_line(
+    generation: u64,
+    workers: usize,
+    millis: u64,
+    handed_over: Option<u64>,
+    draining: Option<u64>,
+) -> String {
+    let mut line = format!(
+        "reloaded: generation {generation} serving ({}, {millis} ms",
+        plural(workers, "worker")
+    );
+    if let Some(handed) = handed_over {
+        line += &format!(
+            "; {} handed over, {} draining",
+            plural(handed as usize, "connection"),
+            draining.unwrap_or(0)
+        );
+    }
+    line += ")";
+    line
+}
+
 fn render_generations(out: &mut String, generations: &[river_ipc::GenerationStatus]) {
     for generation in generations {
         let state = match generation.state {
@@ -249,6 +275,12 @@ fn render_generations(out: &mut String, generations: &[river_ipc::GenerationStat
         *out += &format!("generation {} {state}", generation.generation);
         if let Some(secs) = generation.drain_deadline_secs {
             *out += &format!(" (killed in {secs} s)");
+        }
+        if generation.handed_over_in > 0 || generation.handed_over_out > 0 {
+            *out += &format!(
+                "; connections handed over: {} in, {} out",
+                generation.handed_over_in, generation.handed_over_out
+            );
         }
         *out += "\n";
         for worker in &generation.workers {
@@ -363,6 +395,23 @@ fn utc(unix_secs: f64) -> String {
 mod tests {
     use super::*;
     use river_ipc::{DrainResult, KillReason, ReloadPhases, ReloadTrigger};
+
+    #[test]
+    fn the_reload_line_says_what_was_handed_over() {
+        assert_eq!(
+            reloaded_line(7, 2, 14, Some(312), Some(3)),
+            "reloaded: generation 7 serving (2 workers, 14 ms; 312 connections handed over, 3 draining)"
+        );
+        assert_eq!(
+            reloaded_line(2, 1, 9, Some(1), None),
+            "reloaded: generation 2 serving (1 worker, 9 ms; 1 connection handed over, 0 draining)"
+        );
+        // connection-handoff false: the line as before.
+        assert_eq!(
+            reloaded_line(3, 2, 11, None, None),
+            "reloaded: generation 3 serving (2 workers, 11 ms)"
+        );
+    }
 
     #[test]
     fn history_lines() {

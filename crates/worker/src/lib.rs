@@ -402,6 +402,12 @@ async fn supervise(mut running: Running, channel: &Channel) -> Result<(), Worker
                 }
                 Ok(Some((ToWorker::Hello(_), _))) => tracing::warn!("ignoring a second Hello"),
                 Ok(Some((ToWorker::Discovered(set), _))) => running.discovery.apply(set),
+                Ok(Some((ToWorker::Adopt { batch, conns }, _fds))) => {
+                    // Not yet: refuse every connection (the sender keeps them).
+                    let accepted = vec![false; conns.len()];
+                    let _ = channel.send(&FromWorker::Adopted { batch, accepted }, &[]).await;
+                }
+                Ok(Some((ToWorker::AdoptOutcome { .. } | ToWorker::HandoffResult { .. }, _))) => {}
                 Ok(None) | Err(_) => {
                     // Nobody will take over these connections: close idle ones now.
                     tracing::warn!("master went away: draining");

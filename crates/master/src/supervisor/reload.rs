@@ -312,6 +312,8 @@ impl Supervisor {
             generation: number,
             workers,
             millis,
+            handed_over: None,
+            draining: None,
         };
         let handover = Handover {
             retired,

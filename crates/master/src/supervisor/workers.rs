@@ -52,6 +52,16 @@ impl Supervisor {
                         }
                     }
                     FromWorker::Load { connections } => slot.connections = connections,
+                    FromWorker::Handoff { batch, conns } => {
+                        // Not yet routed: the sender keeps every connection.
+                        if let Some(worker) = &slot.handle {
+                            worker.send(river_ipc::ToWorker::HandoffResult {
+                                batch,
+                                accepted: vec![false; conns.len()],
+                            });
+                        }
+                    }
+                    FromWorker::Adopted { .. } => {}
                     FromWorker::Failed { error } => {
                         tracing::error!(generation, pid, "worker failed to start: {error}");
                         if gen.state == State::Starting {
