@@ -69,6 +69,7 @@ mod privileges;
 mod proxy;
 mod service;
 mod stats;
+mod tunnel;
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
