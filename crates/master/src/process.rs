@@ -35,6 +35,18 @@ pub enum WorkerEvent {
     },
     /// From a generation's resolver (service discovery).
     Discovery(crate::discovery::DiscoveryEvent),
+    /// Connection handoff: a draining worker's batch, checked against the
+    /// descriptors its frame carried (which the master holds in transit).
+    Handoff {
+        generation: u64,
+        index: usize,
+        pid: u32,
+        batch: u64,
+        conns: Vec<river_ipc::HandedConn>,
+        fds: Vec<OwnedFd>,
+    },
+    /// An `Adopt` frame (master batch `batch`) could not be sent.
+    AdoptUnsent { batch: u64 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +85,27 @@ impl WorkerHandle {
                     tracing::debug!(pid, error = %err, "could not message worker");
                     return;
                 }
+            }
+        });
+    }
+
+    /// Send `message` with `fds` (connections in transit: the master's
+    /// copies close once sent), without blocking; a failure is reported on
+    /// `events` as [`WorkerEvent::AdoptUnsent`] for `batch`.
+    pub fn send_adopt(
+        &self,
+        message: ToWorker,
+        fds: Vec<OwnedFd>,
+        batch: u64,
+        events: UnboundedSender<WorkerEvent>,
+    ) {
+        let channel = self.channel.clone();
+        let pid = self.pid;
+        tokio::spawn(async move {
+            let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|fd| fd.as_fd()).collect();
+            if let Err(err) = channel.send(&message, &borrowed).await {
+                tracing::debug!(pid, error = %err, "could not hand connections to worker");
+                let _ = events.send(WorkerEvent::AdoptUnsent { batch });
             }
         });
     }
@@ -273,6 +306,21 @@ async fn watch(
                 }
             }
             message = channel.recv::<FromWorker>(), if listening && greeted => match message {
+                Ok(Some((FromWorker::Handoff { batch, conns }, fds))) => {
+                    match river_ipc::handoff::check_batch(&conns, fds.len()) {
+                        Ok(()) => {
+                            let _ = events.send(WorkerEvent::Handoff { generation, index, pid, batch, conns, fds });
+                        }
+                        Err(err) => {
+                            // As any bad frame: the worker is replaced; the
+                            // descriptors close here.
+                            tracing::error!(pid, error = %err, "bad handoff frame from worker: killing it");
+                            listening = false;
+                            let _ = child.start_kill();
+                        }
+                    }
+                }
+                // Descriptors with any other message are unexpected: closed.
                 Ok(Some((message, _))) => {
                     let _ = events.send(WorkerEvent::Message { generation, index, pid, message });
                 }

@@ -14,10 +14,12 @@ use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 
+use crate::handoff::Handoff;
 use crate::http1::forward::Forwarder;
 use crate::http1::session::{General, Http1};
 use crate::proxy::app::RiverApp;
 use crate::service::Service;
+use crate::tunnel::Tunnel;
 
 /// A service's connection handler.
 pub struct Front {
@@ -33,7 +35,12 @@ pub struct Pingora {
 }
 
 impl Front {
-    pub fn new(service: Arc<Service>, server_conf: &Arc<ServerConf>) -> Self {
+    /// `handoff`: the worker's hub, with `connection-handoff true`.
+    pub fn new(
+        service: Arc<Service>,
+        server_conf: &Arc<ServerConf>,
+        handoff: Option<Arc<Handoff>>,
+    ) -> Self {
         let forwarder = if fast_path_disabled() {
             None
         } else {
@@ -42,6 +49,7 @@ impl Front {
         let access_log = service.access_log.clone();
         let stats = service.stats.clone();
         let timeouts = service.timeouts;
+        let name = service.name.clone();
         let pingora = Arc::new(pingora_proxy::http_proxy(
             server_conf,
             RiverApp::new(service),
@@ -52,7 +60,15 @@ impl Front {
             keepalive_secs: timeouts.client_header_secs,
         };
         Front {
-            http1: Http1::new(general, forwarder, access_log, stats, &timeouts),
+            http1: Http1::new(
+                general,
+                forwarder,
+                access_log,
+                stats,
+                &timeouts,
+                &name,
+                handoff,
+            ),
             pingora,
         }
     }
@@ -63,6 +79,17 @@ impl Front {
     /// draining worker (maybe this one) open until its idle timeout.
     pub fn begin_drain(&self) {
         self.http1.begin_drain();
+    }
+
+    /// The worker's handoff hub turned active: idle connections offer
+    /// themselves now.
+    pub fn wake_idle(&self) {
+        self.http1.close_idle();
+    }
+
+    /// Serve a tunnel a draining worker handed over, to its end.
+    pub async fn adopt_tunnel(&self, tunnel: Tunnel) {
+        self.http1.resume_tunnel(tunnel).await;
     }
 
     /// Service discovery removed `removed`: close their idle pooled
@@ -140,7 +167,11 @@ mod tests {
             )
             .unwrap(),
         );
-        let front = Arc::new(Front::new(service, &Arc::new(ServerConf::default())));
+        let front = Arc::new(Front::new(
+            service,
+            &Arc::new(ServerConf::default()),
+            Some(Handoff::new().0),
+        ));
         let (ours, _theirs) = tokio::net::UnixStream::pair().unwrap();
         let stream: Stream = Box::new(Socket::Unix(ours));
         let (_tx, shutdown) = tokio::sync::watch::channel(false);

@@ -59,9 +59,11 @@ macro_rules! delegate_connection_info {
 }
 
 mod access_log;
+mod adopt;
 mod content;
 mod discovery;
 mod front;
+mod handoff;
 mod http1;
 mod listen;
 mod policy;
@@ -264,6 +266,11 @@ struct Running {
     apps: Vec<Arc<Front>>,
     /// Services with `discovery "Dns"`: where relayed sets are applied.
     discovery: discovery::Registry,
+    /// Connection handoff (`connection-handoff true`): the hub connections
+    /// offer themselves to while draining, and the collector batching them.
+    handoff: Option<(Arc<handoff::Handoff>, handoff::Collector)>,
+    /// Connections other workers hand to this one.
+    adopter: adopt::Adopter,
 }
 
 async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerError> {
@@ -316,6 +323,9 @@ async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerEr
     let mut apps = Vec::new();
     let mut loops = Vec::new();
     let mut discovered = discovery::Registry::default();
+    let handoff = system.connection_handoff.then(handoff::Handoff::new);
+    let hub = handoff.as_ref().map(|(hub, _)| hub.clone());
+    let mut adopter = adopt::Adopter::new(connections.clone(), shutdown_rx.clone());
     for (index, service) in hello.config.services.iter().enumerate() {
         let service_stats = stats.service(index, service);
         let compiled = Arc::new(Service::build(
@@ -325,8 +335,23 @@ async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerEr
         )?);
         tracing::debug!(service = %compiled.name, "service built");
         let upstreams = compiled.upstreams();
-        let app = Arc::new(Front::new(compiled, &server_conf));
+        let app = Arc::new(Front::new(compiled, &server_conf, hub.clone()));
         discovered.register(service, upstreams, app.clone());
+        if hub.is_some() {
+            adopter.add_service(
+                &service.name,
+                adopt::Target {
+                    front: app.clone(),
+                    stats: service_stats.clone(),
+                    plain: service
+                        .listeners
+                        .iter()
+                        .filter(|l| l.tls.is_none())
+                        .map(|l| l.address.clone())
+                        .collect(),
+                },
+            );
+        }
         for listener in &service.listeners {
             let fd = sockets
                 .remove(&listener.address)
@@ -358,6 +383,8 @@ async fn start(hello: &Hello, mut fds: Vec<OwnedFd>) -> Result<Running, WorkerEr
         connections,
         apps,
         discovery: discovered,
+        handoff: handoff.map(|(hub, offers)| (hub, handoff::Collector::new(offers))),
+        adopter,
     })
 }
 
@@ -369,24 +396,32 @@ async fn supervise(mut running: Running, channel: &Channel) -> Result<(), Worker
     let mut idle_check = tokio::time::interval(Duration::from_millis(20));
     let mut draining = false;
     let mut master_alive = true;
+    // With handoff, `Draining` waits for the first round of offers (so the
+    // reload's answer can say how many moved): since when.
+    let mut draining_unsaid: Option<tokio::time::Instant> = None;
     loop {
+        let gather = running.handoff.as_ref().and_then(|(_, c)| c.due());
         tokio::select! {
             message = channel.recv::<ToWorker>(), if master_alive => match message {
                 Ok(Some((ToWorker::Drain { deadline_secs }, _))) => {
                     tracing::info!(deadline_secs, "draining");
                     running.begin_drain();
                     draining = true;
+                    running.begin_handoff();
                     // The master answers the reload once every old worker says
                     // this: from then on, fresh connections see the new config.
                     running.stopped_accepting().await;
-                    if channel.send(&FromWorker::Draining, &[]).await.is_err() {
+                    if running.handoff.is_some() {
+                        draining_unsaid = Some(tokio::time::Instant::now());
+                    } else if channel.send(&FromWorker::Draining, &[]).await.is_err() {
                         master_alive = false;
-                        running.close_idle().await;
+                        running.master_gone().await;
                     }
                 }
                 Ok(Some((ToWorker::Quit, _))) => {
                     tracing::info!("graceful shutdown");
                     running.begin_drain();
+                    running.no_more_handoff(false);
                     running.close_idle().await;
                     draining = true;
                 }
@@ -403,38 +438,109 @@ async fn supervise(mut running: Running, channel: &Channel) -> Result<(), Worker
                 }
                 Ok(Some((ToWorker::Hello(_), _))) => tracing::warn!("ignoring a second Hello"),
                 Ok(Some((ToWorker::Discovered(set), _))) => running.discovery.apply(set),
-                Ok(Some((ToWorker::Adopt { batch, conns }, _fds))) => {
-                    // Not yet: refuse every connection (the sender keeps them).
-                    let accepted = vec![false; conns.len()];
-                    let _ = channel.send(&FromWorker::Adopted { batch, accepted }, &[]).await;
+                Ok(Some((ToWorker::Adopt { batch, conns }, fds))) => {
+                    let accepted = if running.can_adopt() {
+                        running.adopter.adopt(batch, conns, fds)
+                    } else {
+                        vec![false; conns.len()]
+                    };
+                    let adopted = FromWorker::Adopted { batch, accepted };
+                    if channel.send(&adopted, &[]).await.is_err() {
+                        master_alive = false;
+                        running.master_gone().await;
+                        draining = true;
+                    }
                 }
-                Ok(Some((ToWorker::AdoptOutcome { .. } | ToWorker::HandoffResult { .. }, _))) => {}
+                Ok(Some((ToWorker::AdoptOutcome { batch, commit }, _))) => {
+                    running.adopter.settle(batch, commit);
+                }
+                Ok(Some((ToWorker::HandoffResult { batch, accepted }, _))) => {
+                    if let Some((_, collector)) = &mut running.handoff {
+                        collector.answered(batch, &accepted);
+                    }
+                }
                 Ok(None) | Err(_) => {
                     // Nobody will take over these connections: close idle ones now.
                     tracing::warn!("master went away: draining");
                     master_alive = false;
-                    running.begin_drain();
-                    running.close_idle().await;
+                    running.master_gone().await;
                     draining = true;
                 }
             },
+            Some(offer) = next_offer(&mut running.handoff) => {
+                if let Some((_, collector)) = &mut running.handoff {
+                    collector.queue(offer);
+                }
+                if !running.send_batches(channel, false).await {
+                    master_alive = false;
+                    running.master_gone().await;
+                    draining = true;
+                }
+            }
+            _ = sleep_until(gather), if gather.is_some() => {
+                if !running.send_batches(channel, true).await {
+                    master_alive = false;
+                    running.master_gone().await;
+                    draining = true;
+                }
+            }
+            _ = tokio::time::sleep(FIRST_ROUND_CHECK), if draining_unsaid.is_some() && master_alive => {
+                let since = draining_unsaid.unwrap_or_else(tokio::time::Instant::now);
+                if running.first_round_done(since.elapsed()) {
+                    draining_unsaid = None;
+                    // Where the connections stand after the first round,
+                    // then the acknowledgement the reload's answer waits for.
+                    let load = FromWorker::Load { connections: running.connections.get() };
+                    if channel.send(&load, &[]).await.is_err()
+                        || channel.send(&FromWorker::Draining, &[]).await.is_err()
+                    {
+                        master_alive = false;
+                        running.master_gone().await;
+                    }
+                }
+            }
             _ = report.tick(), if master_alive => {
                 let load = FromWorker::Load { connections: running.connections.get() };
                 if channel.send(&load, &[]).await.is_err() {
                     tracing::warn!("master went away: draining");
                     master_alive = false;
-                    running.begin_drain();
-                    running.close_idle().await;
+                    running.master_gone().await;
                     draining = true;
                 }
             }
             _ = idle_check.tick(), if draining => {
-                if running.connections.get() == 0 {
+                if running.connections.get() == 0 && running.handoff_idle() {
                     tracing::info!("drained");
                     return Ok(());
                 }
             }
         }
+    }
+}
+
+/// How often a draining worker checks whether its first handoff round is over.
+const FIRST_ROUND_CHECK: Duration = Duration::from_millis(5);
+/// The first round is over once no offer is out and this long has passed
+/// (every idle connection was woken at once)...
+const FIRST_ROUND_MIN: Duration = Duration::from_millis(10);
+/// ... or, at the latest, after this long (the master's answer to the
+/// reload does not wait longer than a second anyway).
+const FIRST_ROUND_MAX: Duration = Duration::from_millis(800);
+
+/// The next connection offered for handoff (never, without handoff).
+async fn next_offer(
+    handoff: &mut Option<(Arc<handoff::Handoff>, handoff::Collector)>,
+) -> Option<handoff::Offer> {
+    match handoff {
+        Some((_, collector)) => collector.next_offer().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -482,5 +588,77 @@ impl Running {
         for app in &self.apps {
             app.cleanup().await;
         }
+    }
+
+    /// Draining with handoff: idle connections and tunnels offer themselves.
+    fn begin_handoff(&self) {
+        if let Some((hub, _)) = &self.handoff {
+            hub.activate();
+            for app in &self.apps {
+                app.wake_idle();
+            }
+        }
+    }
+
+    /// The master is gone: nothing can move, nothing held can be committed.
+    async fn master_gone(&mut self) {
+        self.begin_drain();
+        self.no_more_handoff(true);
+        self.adopter.drop_held();
+        self.close_idle().await;
+    }
+
+    /// No generation will take connections over from now on (graceful
+    /// shutdown; `master_gone`: not even batches already sent).
+    fn no_more_handoff(&mut self, master_gone: bool) {
+        if let Some((hub, collector)) = &mut self.handoff {
+            hub.close();
+            collector.refuse_all(master_gone);
+        }
+    }
+
+    /// Whether connections may be adopted: handoff is on and possible.
+    fn can_adopt(&self) -> bool {
+        self.handoff.as_ref().is_some_and(|(hub, _)| hub.possible())
+    }
+
+    /// Send every batch that is due (all queued ones with `now`); false if
+    /// the master is gone.
+    async fn send_batches(&mut self, channel: &Channel, now: bool) -> bool {
+        let Some((_, collector)) = &mut self.handoff else {
+            return true;
+        };
+        while let Some(batch) = collector.take_batch(now) {
+            let fds: Vec<std::os::fd::BorrowedFd<'_>> =
+                batch.fds.iter().map(std::os::fd::AsFd::as_fd).collect();
+            let message = FromWorker::Handoff {
+                batch: batch.batch,
+                conns: batch.conns,
+            };
+            if let Err(err) = channel.send(&message, &fds).await {
+                tracing::warn!(error = %err, "cannot send a handoff batch");
+                collector.unsent(batch.batch);
+                return false;
+            }
+            // Our duplicates close here; the connections' own stay open.
+        }
+        true
+    }
+
+    /// The first handoff round after `Drain` is over (`since` ago).
+    fn first_round_done(&self, since: Duration) -> bool {
+        let quiet = self.handoff.as_ref().is_none_or(|(hub, collector)| {
+            hub.in_progress() == 0 && collector.is_idle()
+        });
+        (quiet && since >= FIRST_ROUND_MIN) || since >= FIRST_ROUND_MAX
+    }
+
+    /// No offer or adoption waits for the master.
+    fn handoff_idle(&self) -> bool {
+        self.adopter.is_idle()
+            && self
+                .handoff
+                .as_ref()
+                .is_none_or(|(hub, collector)| hub.in_progress() == 0 && collector.is_idle())
     }
 }

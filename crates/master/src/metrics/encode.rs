@@ -20,7 +20,7 @@ use prometheus::proto::{
 };
 use prometheus::{Encoder, TextEncoder};
 use river_ipc::stats::{CODE_CLASSES, DURATION_BUCKETS, UPSTREAM_ERROR_KINDS};
-use river_ipc::{KillReason, ReloadOutcome};
+use river_ipc::{HandedKind, KillReason, ReloadOutcome};
 
 use super::boards::ServiceTotals;
 use super::names::{self, discovery, process, service, Kind};
@@ -83,6 +83,8 @@ pub struct Scrape {
     /// By [`KillReason::ALL`].
     pub connections_cut: [u64; 3],
     pub workers_killed: [u64; 3],
+    /// By [`HandedKind::ALL`] (connection handoff).
+    pub handed_over: [u64; 2],
     /// (generation, worker index, bytes).
     pub worker_memory: Vec<(u64, usize, u64)>,
     pub master_start: f64,
@@ -277,6 +279,14 @@ impl Scrape {
             family(process::CONNECTIONS_CUT, by_reason(&self.connections_cut)),
             family(process::WORKERS_KILLED, by_reason(&self.workers_killed)),
             family(
+                process::HANDED_OVER,
+                HandedKind::ALL
+                    .iter()
+                    .zip(self.handed_over)
+                    .map(|(kind, n)| counter(&[("kind", kind.as_str())], n as f64))
+                    .collect(),
+            ),
+            family(
                 process::WORKER_MEMORY,
                 self.worker_memory
                     .iter()
@@ -375,6 +385,7 @@ mod tests {
             worker_restarts: 1,
             connections_cut: [2, 0, 0],
             workers_killed: [1, 0, 0],
+            handed_over: [312, 5],
             worker_memory: vec![(4, 0, 12 << 20)],
             master_start: 1.7e9,
             discovered: vec![("we \"quote\"".to_owned(), "api.internal:80".to_owned(), 3)],
@@ -422,6 +433,8 @@ mod tests {
         has(r#"river_reload_duration_seconds_bucket{le="0.025"} 1"#);
         has(r#"river_draining_connections_cut_total{reason="deadline"} 2"#);
         has(r#"river_draining_workers_killed_total{reason="memory"} 0"#);
+        has(r#"river_connections_handed_over_total{kind="idle"} 312"#);
+        has(r#"river_connections_handed_over_total{kind="tunnel"} 5"#);
         has(r#"river_worker_resident_memory_bytes{generation="4",worker="0"} 12582912"#);
         has(&format!(
             r#"river_build_info{{version="{}"}} 1"#,

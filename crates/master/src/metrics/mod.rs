@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use river_config::Config;
 use river_ipc::stats::StatsBoard;
-use river_ipc::{KillReason, ReloadOutcome, ReloadRecord, ReloadTrigger};
+use river_ipc::{HandedKind, KillReason, ReloadOutcome, ReloadRecord, ReloadTrigger};
 
 use boards::Boards;
 use encode::{Observations, Scrape, OUTCOMES};
@@ -49,6 +49,8 @@ pub struct Metrics {
     /// By [`KillReason::ALL`].
     connections_cut: [u64; 3],
     workers_killed: [u64; 3],
+    /// By [`HandedKind::ALL`].
+    handed_over: [u64; 2],
     master_start: f64,
     /// Failed lookups by (service, name).
     discovery_errors: std::collections::BTreeMap<(String, String), u64>,
@@ -81,6 +83,7 @@ impl Metrics {
             worker_restarts: 0,
             connections_cut: [0; 3],
             workers_killed: [0; 3],
+            handed_over: [0; 2],
             master_start: now,
             discovery_errors: Default::default(),
         }
@@ -192,6 +195,14 @@ impl Metrics {
         self.boards.generation_gone(number);
     }
 
+    /// A connection of `kind` moved from a draining generation to the
+    /// serving one (connection handoff).
+    pub fn connection_handed_over(&mut self, kind: HandedKind) {
+        if let Some(i) = HandedKind::ALL.iter().position(|k| *k == kind) {
+            self.handed_over[i] += 1;
+        }
+    }
+
     pub fn history(&self) -> Vec<ReloadRecord> {
         self.history.records()
     }
@@ -217,6 +228,7 @@ impl Metrics {
             worker_restarts: self.worker_restarts,
             connections_cut: self.connections_cut,
             workers_killed: self.workers_killed,
+            handed_over: self.handed_over,
             worker_memory: process.worker_memory,
             master_start: self.master_start,
             discovered: process.discovered,

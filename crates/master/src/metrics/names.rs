@@ -56,6 +56,7 @@ pub mod process {
     pub const WORKER_MEMORY: &str = "river_worker_resident_memory_bytes";
     pub const MASTER_START_TIME: &str = "river_master_start_time_seconds";
     pub const BUILD_INFO: &str = "river_build_info";
+    pub const HANDED_OVER: &str = "river_connections_handed_over_total";
 }
 
 /// Service discovery (`discovery "Dns"`), kept by the master from its
@@ -168,6 +169,12 @@ pub const ALL: &[Family] = &[
         kind: Kind::Counter,
         labels: &["reason"],
         help: "Draining workers the master killed, by rule (deadline, generation_cap, memory).",
+    },
+    Family {
+        name: process::HANDED_OVER,
+        kind: Kind::Counter,
+        labels: &["kind"],
+        help: "Connections a draining generation handed to the serving one on reload, by kind (idle: keep-alive between requests, tunnel: upgraded, e.g. WebSocket).",
     },
     Family {
         name: process::WORKER_MEMORY,

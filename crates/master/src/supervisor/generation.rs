@@ -59,6 +59,10 @@ pub(super) struct Generation {
     pub(super) waiters: Vec<Reply>,
     /// With `discovery "Dns"`: its resolver and discovered sets.
     pub(super) discovery: Option<GenerationDiscovery>,
+    /// Connections its workers adopted from draining ones, and handed to a
+    /// newer generation (connection handoff).
+    pub(super) handed_in: u64,
+    pub(super) handed_out: u64,
 }
 
 impl Generation {

@@ -89,8 +89,8 @@ impl Supervisor {
                         .as_ref()
                         .map(|d| d.status())
                         .unwrap_or_default(),
-                    handed_over_in: 0,
-                    handed_over_out: 0,
+                    handed_over_in: gen.handed_in,
+                    handed_over_out: gen.handed_out,
                 })
                 .collect(),
             reloads: self.metrics.recent_reloads(5),

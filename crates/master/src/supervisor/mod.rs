@@ -3,6 +3,7 @@
 
 mod discovery;
 mod generation;
+mod handoff;
 mod health;
 mod reload;
 mod scrape;
@@ -121,6 +122,11 @@ pub struct Supervisor {
     predecessor: Option<Predecessor>,
     upgrade_tx: mpsc::UnboundedSender<UpgradeEvent>,
     upgrade_rx: mpsc::UnboundedReceiver<UpgradeEvent>,
+    /// Connection handoff batches in flight.
+    handoffs: handoff::Handoffs,
+    /// Connections handed out by generations already gone: (number, count),
+    /// the last few, for a reload answered after its retired generation left.
+    retired_handed: Vec<(u64, u64)>,
 }
 
 /// What the master's start-up hands the supervisor besides config and sockets.
@@ -179,6 +185,8 @@ impl Supervisor {
             handovers: Vec::new(),
             metrics: Metrics::new(),
             metrics_service: setup.metrics,
+            handoffs: handoff::Handoffs::default(),
+            retired_handed: Vec::new(),
         }
     }
 
@@ -355,6 +363,7 @@ impl Supervisor {
         self.start_deferred_when_room().await;
         self.advance_shutdown(now);
         self.upgrade_tick(now);
+        self.handoff_tick(now);
         self.settle_handovers();
         if !self.reloading() {
             if let Some(waiters) = self.pending_reload.take() {

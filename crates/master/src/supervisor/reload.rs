@@ -215,6 +215,8 @@ impl Supervisor {
             drain_started: None,
             waiters,
             discovery: GenerationDiscovery::start(number, &config, &self.events_tx),
+            handed_in: 0,
+            handed_out: 0,
         };
         for index in 0..config.system.workers {
             match spawn_worker(number, index, &generation.inputs, self.events_tx.clone()) {
@@ -308,12 +310,14 @@ impl Supervisor {
         };
         let millis = gen.started.elapsed().as_millis() as u64;
         let workers = gen.slots.len();
+        // Filled in when the answer leaves (settle_handovers).
+        let handoff = gen.inputs.config.system.connection_handoff.then_some(0);
         let response = ControlResponse::Reloaded {
             generation: number,
             workers,
             millis,
-            handed_over: None,
-            draining: None,
+            handed_over: handoff,
+            draining: handoff,
         };
         let handover = Handover {
             retired,
@@ -399,10 +403,18 @@ impl Supervisor {
             .drain(..)
             .partition(|h| now >= h.deadline || !h.retired.iter().any(still_accepting));
         self.handovers = waiting;
-        for handover in done {
+        for mut handover in done {
             // metrics: the reload's drain-start phase
             self.metrics
                 .drain_started(&handover.retired, handover.promoted.elapsed().as_secs_f64());
+            if let ControlResponse::Reloaded {
+                handed_over: Some(handed),
+                draining: Some(draining),
+                ..
+            } = &mut handover.response
+            {
+                (*handed, *draining) = self.handoff_counts(&handover.retired);
+            }
             for waiter in handover.waiters {
                 let _ = waiter.send(handover.response.clone());
             }

@@ -51,9 +51,13 @@ impl Supervisor {
                             _ => {}
                         }
                     }
-                    FromWorker::Load { connections } => slot.connections = connections,
+                    FromWorker::Load { connections } => {
+                        slot.connections = connections;
+                        self.handoff_load_reported(pid);
+                    }
+                    // The watcher reports a Handoff with its descriptors as
+                    // WorkerEvent::Handoff; one without them moves nothing.
                     FromWorker::Handoff { batch, conns } => {
-                        // Not yet routed: the sender keeps every connection.
                         if let Some(worker) = &slot.handle {
                             worker.send(river_ipc::ToWorker::HandoffResult {
                                 batch,
@@ -61,7 +65,9 @@ impl Supervisor {
                             });
                         }
                     }
-                    FromWorker::Adopted { .. } => {}
+                    FromWorker::Adopted { batch, accepted } => {
+                        self.on_adopted((generation, index, pid), batch, accepted)
+                    }
                     FromWorker::Failed { error } => {
                         tracing::error!(generation, pid, "worker failed to start: {error}");
                         if gen.state == State::Starting {
@@ -82,6 +88,15 @@ impl Supervisor {
                 self.start_deferred_when_room().await;
             }
             WorkerEvent::Discovery(event) => self.on_discovery_event(event).await,
+            WorkerEvent::Handoff {
+                generation,
+                index,
+                pid,
+                batch,
+                conns,
+                fds,
+            } => self.on_handoff((generation, index, pid), batch, conns, fds),
+            WorkerEvent::AdoptUnsent { batch } => self.on_adopt_unsent(batch),
         }
     }
 
@@ -100,6 +115,13 @@ impl Supervisor {
         slot.ready = false;
         slot.accepting = false;
         slot.connections = 0;
+        self.handoff_worker_exited(number, index, pid);
+        let Some(gen) = self.generation_mut(number) else {
+            return;
+        };
+        let Some(slot) = gen.slots.get_mut(index) else {
+            return;
+        };
         match gen.state {
             State::Starting => {
                 let error = format!("worker {pid} exited during start-up: {status}");
@@ -124,6 +146,7 @@ impl Supervisor {
     /// Drop generations with no worker left and none to restart.
     pub(super) fn remove_finished(&mut self) {
         let metrics = &mut self.metrics;
+        let retired_handed = &mut self.retired_handed;
         self.generations.retain(|gen| {
             let done = gen
                 .slots
@@ -133,6 +156,11 @@ impl Supervisor {
                 // metrics: drop its board, record how its drain ended
                 let drained = gen.drain_started.map(|t| t.elapsed().as_secs_f64());
                 metrics.generation_finished(gen.number, drained);
+                if gen.handed_out > 0 {
+                    retired_handed.push((gen.number, gen.handed_out));
+                    let excess = retired_handed.len().saturating_sub(16);
+                    retired_handed.drain(..excess);
+                }
             }
             if done && gen.state == State::Draining {
                 tracing::info!(

@@ -11,10 +11,14 @@
 //! limits), selection and retries, header filters, X-Forwarded-*, timeouts.
 //!
 //! Heads follow `head.rs` (framing, hop-by-hop fields, 1xx), chunked bodies
-//! are re-framed by `chunked.rs`. What this module does not take (h2,
-//! upgrades, chunked or `Expect` uploads, HTTP/1.0, `Connection` naming
-//! other fields, absolute-form targets) the session hands to pingora. The
-//! connection loop and the access log are `session.rs`'s.
+//! are re-framed by `chunked.rs`. Upgrade requests without a body are taken
+//! when the session asks (plaintext clients, with connection handoff on):
+//! `Upgrade` and `Connection: upgrade` go to the upstream, and a `101`
+//! hands the upstream connection back for the session to make a tunnel of
+//! (`tunnel/`). What this module does not take (h2, other upgrades, chunked
+//! or `Expect` uploads, HTTP/1.0, `Connection` naming other fields,
+//! absolute-form targets) the session hands to pingora. The connection loop
+//! and the access log are `session.rs`'s.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -74,6 +78,8 @@ pub struct Job {
     head_only: bool,
     idempotent: bool,
     client_close: bool,
+    /// The protocols of the request's `Upgrade`, when it asks to upgrade.
+    upgrade: Option<Box<[u8]>>,
 }
 
 impl Job {
@@ -95,6 +101,15 @@ impl Job {
     pub(crate) fn upstream_head(&self) -> &[u8] {
         &self.out
     }
+}
+
+/// An upstream that answered `101 Switching Protocols`: the connection is a
+/// tunnel from now on.
+pub struct Switched {
+    pub up: TcpStream,
+    pub upstream: SocketAddr,
+    /// Bytes the upstream sent after the 101's head (for the client).
+    pub early: BytesMut,
 }
 
 /// Why an exchange with an upstream failed.
@@ -122,6 +137,8 @@ struct Sent {
     keep_alive: bool,
     /// The upstream connection may serve another request.
     reusable: bool,
+    /// A 101 went to the client: the connection is a tunnel now.
+    switched: bool,
 }
 
 impl Forwarder {
@@ -153,31 +170,41 @@ impl Forwarder {
     }
 
     /// Whether the fast path takes `req` (already checked by the model);
-    /// if so, the upstream's request head.
+    /// if so, the upstream's request head. An upgrade request is taken only
+    /// when `upgrades` (the session can make a tunnel of it) and it has no
+    /// body.
     pub fn prepare(
         &self,
         req: &head::Request<'_>,
         headers: &[httparse::Header<'_>],
         client: Option<IpAddr>,
         https: bool,
+        upgrades: bool,
     ) -> Option<Job> {
         // Origin-form only, visible ASCII only: what `http::Uri` surely
         // accepts the same way pingora would.
         let target = req.target;
+        let plan = &self.request_plan;
+        // RFC 9110 §7.8: an upgrade needs both `Upgrade` and `Connection:
+        // upgrade`; either alone goes to pingora, as before.
+        let upgrade = req.upgrade && req.connection.upgrade;
         if req.version != 1
             || req.method == "CONNECT"
             || !target.starts_with('/')
             || !target.bytes().all(|b| b.is_ascii_graphic())
             || req.framing == Framing::Chunked
-            || req.upgrade
+            || req.upgrade != upgrade
+            || req.connection.upgrade != upgrade
+            || (upgrade && (!upgrades || req.framing != Framing::Empty))
+            // A filter that removes Upgrade would make it no upgrade.
+            || (upgrade && !plan.keeps(b"upgrade"))
             || req.expect
-            || req.connection.upgrade
             // Fields named in Connection: pingora strips them.
             || req.connection.names_fields
         {
             return None;
         }
-        let plan = &self.request_plan;
+        let mut upgrade_value: Option<Vec<u8>> = None;
         let mut out = Vec::with_capacity(req.len + 128);
         out.extend_from_slice(req.method.as_bytes());
         out.push(b' ');
@@ -187,6 +214,15 @@ impl Forwarder {
         for header in headers {
             let name = header.name.as_bytes();
             match Known::of(name) {
+                // An upgrade keeps its protocols (all lines, in order).
+                Known::Upgrade if upgrade => {
+                    write_header(&mut out, b"upgrade", header.value);
+                    let value = upgrade_value.get_or_insert_with(Vec::new);
+                    if !value.is_empty() {
+                        value.extend_from_slice(b", ");
+                    }
+                    value.extend_from_slice(header.value);
+                }
                 known if known.is_hop_by_hop() => {}
                 // Framing, not content: written once, below.
                 Known::ContentLength => {}
@@ -228,6 +264,9 @@ impl Forwarder {
         for (name, value) in plan.appended() {
             write_header(&mut out, name.as_str().as_bytes(), value.as_bytes());
         }
+        if upgrade {
+            out.extend_from_slice(b"connection: upgrade\r\n");
+        }
         out.extend_from_slice(b"\r\n");
 
         let path = target.split_once('?').map_or(target, |(path, _)| path);
@@ -244,6 +283,7 @@ impl Forwarder {
             head_only: req.is_head(),
             idempotent: req.is_idempotent(),
             client_close: req.connection.close,
+            upgrade: upgrade_value.map(Vec::into_boxed_slice),
         })
     }
 
@@ -303,6 +343,20 @@ impl Forwarder {
             };
             resp.clear();
             match self.exchange(c, &mut up, job, &mut resp, shutdown).await {
+                Ok(sent) if sent.switched => {
+                    return Outcome {
+                        status: 101,
+                        bytes_sent: 0,
+                        upstream: Some(address),
+                        keep_alive: false,
+                        error: None,
+                        switched: Some(Box::new(Switched {
+                            up,
+                            upstream: address,
+                            early: std::mem::take(&mut resp),
+                        })),
+                    };
+                }
                 Ok(sent) => {
                     // Not to an upstream that discovery removed meanwhile.
                     if sent.reusable && upstreams.contains(address) {
@@ -314,6 +368,7 @@ impl Forwarder {
                         upstream: Some(address),
                         keep_alive: sent.keep_alive,
                         error: None,
+                        switched: None,
                     };
                 }
                 // Nothing went out: safe for any request.
@@ -351,6 +406,7 @@ impl Forwarder {
                         upstream: Some(address),
                         keep_alive: false,
                         error: Some(why),
+                        switched: None,
                     };
                 }
             }
@@ -445,7 +501,7 @@ impl Forwarder {
         let mut out = Vec::with_capacity(512);
         let asked = Asked {
             head: job.head_only,
-            upgrade: None,
+            upgrade: job.upgrade.as_deref(),
         };
         let response = loop {
             match self.response_head(resp, asked, job.client_close, shutdown, &mut out) {
@@ -501,6 +557,22 @@ impl Forwarder {
                 why: "client-gone",
             });
         }
+        if response.switched {
+            // The 101 must reach the client before the tunnel's bytes.
+            if c.down.flush().await.is_err() {
+                return Err(Failure::Abort {
+                    status: 101,
+                    why: "client-gone",
+                });
+            }
+            return Ok(Sent {
+                status: 101,
+                bytes_sent: 0,
+                keep_alive: false,
+                reusable: false,
+                switched: true,
+            });
+        }
         let bytes_sent = self
             .forward_body(c, up, resp, response.framing, &mut out)
             .await
@@ -513,6 +585,7 @@ impl Forwarder {
             bytes_sent,
             keep_alive: response.keep_alive,
             reusable: response.upstream_reusable && resp.is_empty(),
+            switched: false,
         })
     }
 
@@ -544,6 +617,29 @@ impl Forwarder {
                     relay,
                 }));
             }
+            if response.status == 101 {
+                // Asked for (the model refuses any other 101): the switch,
+                // with the protocol the upstream chose.
+                write_status_line(out, response.status, response.reason);
+                self.write_fields(out, &response, headers);
+                for header in headers {
+                    if Known::of(header.name.as_bytes()) == Known::Upgrade {
+                        write_header(out, b"upgrade", header.value);
+                    }
+                }
+                for (name, value) in self.response_plan.appended() {
+                    write_header(out, name.as_str().as_bytes(), value.as_bytes());
+                }
+                out.extend_from_slice(b"connection: upgrade\r\n\r\n");
+                return Ok(Some(Head::Final(FinalHead {
+                    len: response.len,
+                    status: 101,
+                    framing: Framing::Empty,
+                    keep_alive: false,
+                    upstream_reusable: false,
+                    switched: true,
+                })));
+            }
             let keep_alive =
                 !client_close && !*shutdown.borrow() && response.framing != Framing::UntilClose;
             write_status_line(out, response.status, response.reason);
@@ -573,6 +669,7 @@ impl Forwarder {
                 framing: response.framing,
                 keep_alive,
                 upstream_reusable: !response.close,
+                switched: false,
             })))
         })
     }
@@ -689,6 +786,8 @@ struct FinalHead {
     framing: Framing,
     keep_alive: bool,
     upstream_reusable: bool,
+    /// A 101: what follows is the tunnel's.
+    switched: bool,
 }
 
 /// Run `f` on the response head at the start of `buf`, with room for

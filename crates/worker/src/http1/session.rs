@@ -11,11 +11,20 @@
 //! An idle keep-alive connection holds no buffer: the next request is read
 //! into a per-thread scratch buffer and only copied into a buffer of its own
 //! once bytes arrive, and the per-request work lives in its own allocation.
+//!
+//! With connection handoff (`handoff.rs`), a plaintext connection is
+//! *movable*: its responses keep it open even while the worker drains, and
+//! once it is idle in a draining worker it offers its socket to the serving
+//! generation; one that stays answers its next request with
+//! `Connection: close`, as without handoff. An upgrade request on a movable
+//! connection to plain HTTP/1.1 upstreams becomes River's own tunnel after
+//! the `101` (`tunnel/`).
 
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -29,11 +38,13 @@ use tokio::sync::Notify;
 
 use crate::access_log::{AccessLog, Entry};
 use crate::content::respond::{reason, status_body};
+use crate::handoff::{duplicate, Handoff, Plain};
 use crate::http1::body::Framing;
-use crate::http1::forward::{Forwarder, Job};
+use crate::http1::forward::{Forwarder, Job, Switched};
 use crate::http1::head::{self, Parsed, RequestError, FAST_HEADERS, MAX_HEADERS};
 use crate::http1::rewind::Rewind;
 use crate::stats::ServiceStats;
+use crate::tunnel::{self, Tunnel};
 
 /// Bytes read at a time for a request head.
 const HEAD_CHUNK: usize = 4096;
@@ -64,9 +75,13 @@ pub struct Http1<G> {
     access_log: Option<AccessLog>,
     stats: ServiceStats,
     client_header: Duration,
-    /// Wakes connections waiting between requests to close (no generation
-    /// takes over).
+    /// Wakes connections waiting between requests: to close (no generation
+    /// takes over) or to be handed over.
     idle_close: Notify,
+    /// With `connection-handoff true`: where movable connections go when
+    /// the worker drains, and River's tunnels (which exist only then).
+    handoff: Option<Arc<Handoff>>,
+    tunnels: tunnel::Context,
 }
 
 /// One client connection's state between requests: small, no buffer while
@@ -77,6 +92,8 @@ pub struct Conn {
     pub https: bool,
     /// Bytes from the client not yet used: the start of the next request.
     pub buf: BytesMut,
+    /// An offer to hand it over was refused: it stays, and drains.
+    pub stays: bool,
 }
 
 /// What happened to one request, for the access log.
@@ -88,6 +105,8 @@ pub struct Outcome {
     pub keep_alive: bool,
     /// Why the request did not end normally (a timeout, broken framing...).
     pub error: Option<&'static str>,
+    /// The upstream switched protocols (101): a tunnel follows.
+    pub switched: Option<Box<Switched>>,
 }
 
 /// What to do with a complete request head.
@@ -102,16 +121,44 @@ enum HeadRead {
     More,
     Closed,
     TimedOut,
+    /// The worker drains with handoff: offer the idle connection.
+    Handoff,
+}
+
+/// What became of a connection after one request on the fast path.
+enum Served {
+    KeepGoing,
+    Closed,
+    Upgraded(Box<Upgraded>),
+}
+
+/// An upgrade the upstream accepted, for the tunnel.
+struct Upgraded {
+    switched: Box<Switched>,
+    method: String,
+    path: String,
+    started: std::time::SystemTime,
 }
 
 impl<G: General> Http1<G> {
+    /// `service` names the service for handed-over connections; `handoff`
+    /// is the worker's hub with `connection-handoff true`.
     pub fn new(
         general: G,
         forwarder: Option<Forwarder>,
         access_log: Option<AccessLog>,
         stats: ServiceStats,
         timeouts: &Timeouts,
+        service: &str,
+        handoff: Option<Arc<Handoff>>,
     ) -> Self {
+        let tunnels = tunnel::Context {
+            service: service.into(),
+            access_log: access_log.clone(),
+            stats: stats.clone(),
+            idle: Duration::from_secs(timeouts.tunnel_idle_secs),
+            handoff: handoff.clone(),
+        };
         Http1 {
             general,
             forwarder,
@@ -119,6 +166,27 @@ impl<G: General> Http1<G> {
             stats,
             client_header: Duration::from_secs(timeouts.client_header_secs),
             idle_close: Notify::new(),
+            handoff,
+            tunnels,
+        }
+    }
+
+    /// Serve a tunnel handed over by a draining worker, to its end.
+    pub async fn resume_tunnel(&self, tunnel: Tunnel) {
+        tunnel::serve(&self.tunnels, tunnel).await;
+    }
+
+    /// A connection that may move: plaintext, with handoff on, not refused.
+    fn movable(&self, c: &Conn) -> bool {
+        self.handoff.is_some() && !c.https && !c.stays
+    }
+
+    /// The shutdown flag this connection's next request sees: a movable one
+    /// stays open while handoff is possible; one that stays drains.
+    fn shutdown_for<'a>(&'a self, c: &Conn, shutdown: &'a ShutdownWatch) -> &'a ShutdownWatch {
+        match &self.handoff {
+            Some(hub) if !c.https => hub.keep_alive_flag(c.stays).unwrap_or(shutdown),
+            _ => shutdown,
         }
     }
 
@@ -137,8 +205,8 @@ impl<G: General> Http1<G> {
         }
     }
 
-    /// Close the connections waiting for a next request (no generation
-    /// takes over).
+    /// Wake the connections waiting for a next request: they close, or,
+    /// when the worker's handoff hub is active, offer themselves.
     pub fn close_idle(&self) {
         self.idle_close.notify_waiters();
     }
@@ -153,6 +221,7 @@ impl<G: General> Http1<G> {
             down,
             client,
             buf: BytesMut::new(),
+            stays: false,
         };
         loop {
             // The whole head, idle wait included, within one deadline: a
@@ -188,8 +257,21 @@ impl<G: General> Http1<G> {
                         }
                         return;
                     }
+                    HeadRead::Handoff => {
+                        if Box::pin(self.hand_over_idle(&mut c)).await {
+                            return;
+                        }
+                        // It stays: its next request is answered with close,
+                        // or at once when nothing will take over any more
+                        // (graceful shutdown), as idle connections are then.
+                        c.stays = true;
+                        if self.handoff.as_ref().is_some_and(|hub| !hub.possible()) {
+                            return;
+                        }
+                    }
                 }
             };
+            //EXP let shutdown = self.shutdown_for(&c, shutdown);
             // What follows, but for the hand-over to pingora (whose state is
             // boxed already), runs in its own allocation: the connection's
             // future is as large as its largest state, and it lives as long as
@@ -216,11 +298,14 @@ impl<G: General> Http1<G> {
                         }
                     }
                 }
-                Decision::Fast(job) => {
-                    if !Box::pin(self.forward(&mut c, job, shutdown)).await {
+                Decision::Fast(job) => match Box::pin(self.forward(&mut c, job, shutdown)).await {
+                    Served::KeepGoing => {}
+                    Served::Closed => return,
+                    Served::Upgraded(upgraded) => {
+                        Box::pin(self.tunnel(c, *upgraded)).await;
                         return;
                     }
-                }
+                },
             }
             // Idle again: a large body grew the buffer; keep none of it.
             if c.buf.is_empty() {
@@ -231,23 +316,104 @@ impl<G: General> Http1<G> {
         }
     }
 
-    /// Serve `job` on the fast path and log it; whether the connection may
-    /// carry another request.
-    async fn forward(&self, c: &mut Conn, mut job: Box<Job>, shutdown: &ShutdownWatch) -> bool {
+    /// Serve `job` on the fast path and log it (an upgrade is logged when
+    /// its tunnel ends).
+    async fn forward(&self, c: &mut Conn, mut job: Box<Job>, shutdown: &ShutdownWatch) -> Served {
         let Some(forwarder) = &self.forwarder else {
-            return false;
+            return Served::Closed;
         };
         let started = Instant::now();
+        let wall = std::time::SystemTime::now();
         let declared_body = job.declared_body();
-        let outcome = forwarder.handle(c, &mut job, shutdown).await;
+        let mut outcome = forwarder.handle(c, &mut job, shutdown).await;
+        if let Some(switched) = outcome.switched.take() {
+            return Served::Upgraded(Box::new(Upgraded {
+                switched,
+                method: job.method().to_owned(),
+                path: job.path().to_owned(),
+                started: wall,
+            }));
+        }
         // The body counts as received once forwarded upstream.
         let received = outcome.upstream.map_or(0, |_| declared_body);
         self.log(c, job.method(), job.path(), started, &outcome, received);
         if !outcome.keep_alive || c.down.flush().await.is_err() {
             let _ = c.down.shutdown().await;
-            return false;
+            return Served::Closed;
         }
-        true
+        Served::KeepGoing
+    }
+
+    /// The upstream switched protocols: copy both ways until the tunnel
+    /// ends (or moves to another worker).
+    async fn tunnel(&self, c: Conn, upgraded: Upgraded) {
+        let Upgraded {
+            switched,
+            method,
+            path,
+            started,
+        } = upgraded;
+        // The tunnel runs on the bare socket (the write buffer is flushed):
+        // a duplicate of its descriptor, so that the pipe owns a socket it
+        // can hand over. Dropping the stream closes only the original.
+        let client = match duplicate(c.down.id()).and_then(Plain::from_fd) {
+            Ok(client) => client,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot take over an upgraded connection");
+                return;
+            }
+        };
+        let Conn { down, buf, .. } = c;
+        drop(down);
+        let Switched {
+            up,
+            upstream,
+            early,
+        } = *switched;
+        let pipe = tunnel::pipe::Pipe::new(client, up).with_early_bytes(&early, &buf);
+        let meta = tunnel::Meta {
+            client: pipe.client.peer(),
+            method,
+            path,
+            upstream,
+            started_unix_micros: tunnel::unix_micros(started),
+        };
+        tunnel::serve(&self.tunnels, Tunnel { pipe, meta }).await;
+    }
+
+    /// Offer an idle connection to the serving generation; true if it moved
+    /// (its socket lives on there; this copy is dropped, not shut down).
+    async fn hand_over_idle(&self, c: &mut Conn) -> bool {
+        let Some(hub) = &self.handoff else {
+            return false;
+        };
+        // Nothing of a response may stay behind in the write buffer.
+        if c.down.flush().await.is_err() {
+            return true;
+        }
+        let fd = match duplicate(c.down.id()) {
+            Ok(fd) => fd,
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot duplicate an idle connection");
+                return false;
+            }
+        };
+        let client = nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(c.down.id())
+            .ok()
+            .and_then(|a| {
+                a.as_sockaddr_in()
+                    .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
+                    .or_else(|| {
+                        a.as_sockaddr_in6()
+                            .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+                    })
+            });
+        let conn = river_ipc::HandedConn::Idle(river_ipc::HandedIdle {
+            service: self.tunnels.service.to_string(),
+            client,
+            tls: false,
+        });
+        hub.offer(conn, vec![fd]).await
     }
 
     /// Answer `status` to the head in `c.buf` and close the connection; the
@@ -272,10 +438,13 @@ impl<G: General> Http1<G> {
             Err(err) => Decision::Refuse(err),
             Ok(Parsed::Partial) => Decision::Partial,
             Ok(Parsed::Complete((request, headers))) => {
+                // Upgrades become River's tunnels only on movable
+                // connections: TLS ones stay with pingora.
+                let upgrades = self.handoff.is_some() && !c.https;
                 let job = self
                     .forwarder
                     .as_ref()
-                    .and_then(|f| f.prepare(&request, headers, c.client, c.https));
+                    .and_then(|f| f.prepare(&request, headers, c.client, c.https, upgrades));
                 match job {
                     Some(job) => Decision::Fast(Box::new(job)),
                     None => Decision::General,
@@ -285,18 +454,37 @@ impl<G: General> Http1<G> {
     }
 
     /// Read more of a request head until `deadline`; between requests, give
-    /// up at once when told to close idle connections.
+    /// up at once when told to close idle connections, or to offer them for
+    /// handoff (one wake-up serves both: the hub says which).
     async fn read_head(&self, c: &mut Conn, deadline: tokio::time::Instant) -> HeadRead {
         let idle = c.buf.is_empty();
+        let woken = self.idle_close.notified();
+        let mut woken = std::pin::pin!(woken);
+        // Registered before the check: a wake-up in between is not lost.
+        woken.as_mut().enable();
+        if idle && self.handoff_wanted(c) {
+            return HeadRead::Handoff;
+        }
         tokio::select! {
             biased;
             read = read_some(&mut c.down, &mut c.buf) => match read {
                 Ok(0) | Err(_) => HeadRead::Closed,
                 Ok(_) => HeadRead::More,
             },
-            _ = self.idle_close.notified(), if idle => HeadRead::Closed,
+            _ = woken, if idle => {
+                if self.handoff_wanted(c) {
+                    HeadRead::Handoff
+                } else {
+                    HeadRead::Closed
+                }
+            }
             _ = tokio::time::sleep_until(deadline) => HeadRead::TimedOut,
         }
+    }
+
+    /// The worker drains with handoff and this connection may move.
+    fn handoff_wanted(&self, c: &Conn) -> bool {
+        self.movable(c) && self.handoff.as_ref().is_some_and(|hub| hub.is_active())
     }
 
     fn log_refusal(&self, c: &Conn, started: Instant, outcome: Outcome, why: &'static str) {
@@ -532,6 +720,7 @@ pub async fn answer(c: &mut Conn, status: u16, head_only: bool, keep: bool) -> O
         upstream: None,
         keep_alive: keep && written,
         error: None,
+        switched: None,
     }
 }
 
@@ -654,6 +843,8 @@ pub(crate) mod tests {
             None,
             crate::stats::ServiceStats::detached(),
             &service.timeouts,
+            "P",
+            None,
         );
         (http1, recorder)
     }
@@ -818,7 +1009,7 @@ pub(crate) mod tests {
             }
             let job = with_request_head(&bytes, |parsed| match parsed {
                 Ok(Parsed::Complete((req, headers))) => {
-                    forwarder.prepare(&req, headers, client, false)
+                    forwarder.prepare(&req, headers, client, false, true)
                 }
                 _ => None,
             });

@@ -78,7 +78,8 @@ impl ConnectionCount {
         self.0.open_connections()
     }
 
-    fn open(&self) -> ConnectionGuard {
+    /// Count one more open connection until the guard is dropped.
+    pub fn open(&self) -> ConnectionGuard {
         self.0.opened();
         ConnectionGuard(self.0.clone())
     }
@@ -99,7 +100,7 @@ impl ConnectionCount {
     }
 }
 
-struct ConnectionGuard(Arc<Board>);
+pub struct ConnectionGuard(Arc<Board>);
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {

@@ -77,6 +77,16 @@ impl AsyncWrite for Socket {
     }
 }
 
+/// A connection handed over by a draining worker, served as one accepted here.
+impl From<crate::handoff::Plain> for Socket {
+    fn from(plain: crate::handoff::Plain) -> Socket {
+        match plain {
+            crate::handoff::Plain::Tcp(s) => Socket::Tcp(s),
+            crate::handoff::Plain::Unix(s) => Socket::Unix(s),
+        }
+    }
+}
+
 impl AsRawFd for Socket {
     fn as_raw_fd(&self) -> RawFd {
         each!(self, s => s.as_raw_fd())

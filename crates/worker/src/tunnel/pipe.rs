@@ -132,13 +132,11 @@ where
         self
     }
 
-    /// Bytes read and not written when a pause returned: (to the client, to
-    /// the upstream). Normally both empty.
-    pub fn carried(&mut self) -> (Vec<u8>, Vec<u8>) {
-        (
-            std::mem::take(&mut self.down.pending),
-            std::mem::take(&mut self.up.pending),
-        )
+    /// Copies of the bytes read and not written when a pause returned: (to
+    /// the client, to the upstream). Normally both empty; they stay in the
+    /// pipe for when it runs on here.
+    pub fn carried(&self) -> (Vec<u8>, Vec<u8>) {
+        (self.down.pending.clone(), self.up.pending.clone())
     }
 
     /// Copy both ways until the tunnel ends, fails, idles for `idle`, or
@@ -463,7 +461,10 @@ mod tests {
                     pauses += 1;
                     // Rebuild as a receiving worker would.
                     let (to_client, to_upstream) = pipe.carried();
-                    let (up, down) = (std::mem::take(&mut pipe.up), std::mem::take(&mut pipe.down));
+                    let (mut up, mut down) = (std::mem::take(&mut pipe.up), std::mem::take(&mut pipe.down));
+                    // What is carried travels; the copy in the old state goes.
+                    up.pending.clear();
+                    down.pending.clear();
                     pipe = Pipe {
                         client: pipe.client,
                         upstream: pipe.upstream,
