@@ -93,6 +93,7 @@ impl River {
                 "RIVER_TEST_STOP_WORKER_START",
                 dir.path().join("stop-worker-start"),
             )
+            .env("RIVER_TEST_HOLD_ADOPT", dir.path().join("hold-adopt"))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))

@@ -243,7 +243,10 @@ mod tests {
         let plain = Plain::Tcp(accepted);
         let tcp = |s: &str| ListenAddress::Tcp(s.parse().unwrap());
         assert!(came_in_on(&plain, &[tcp(&at.to_string())]));
-        assert!(came_in_on(&plain, &[tcp(&format!("0.0.0.0:{}", at.port()))]));
+        assert!(came_in_on(
+            &plain,
+            &[tcp(&format!("0.0.0.0:{}", at.port()))]
+        ));
         assert!(!came_in_on(&plain, &[tcp("127.0.0.1:1")]));
         assert!(!came_in_on(&plain, &[]));
         assert!(!came_in_on(

@@ -61,13 +61,7 @@ impl Front {
         };
         Front {
             http1: Http1::new(
-                general,
-                forwarder,
-                access_log,
-                stats,
-                &timeouts,
-                &name,
-                handoff,
+                general, forwarder, access_log, stats, &timeouts, &name, handoff,
             ),
             pingora,
         }

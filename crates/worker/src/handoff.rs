@@ -267,7 +267,10 @@ impl Collector {
     /// The master's answer to `batch`. A missing entry counts as kept.
     pub fn answered(&mut self, batch: u64, accepted: &[bool]) {
         let Some(answers) = self.out.remove(&batch) else {
-            tracing::warn!(batch, "an answer to a handoff batch this worker did not send");
+            tracing::warn!(
+                batch,
+                "an answer to a handoff batch this worker did not send"
+            );
             return;
         };
         if accepted.len() != answers.len() {
@@ -494,7 +497,10 @@ mod tests {
         // A short answer: the missing ones stay.
         collector.answered(second.batch, &[true; 10]);
         assert!(collector.is_idle());
-        let got: Vec<bool> = answers.into_iter().map(|mut a| a.try_recv().unwrap()).collect();
+        let got: Vec<bool> = answers
+            .into_iter()
+            .map(|mut a| a.try_recv().unwrap())
+            .collect();
         assert!(!got[3] && got[..64].iter().filter(|a| **a).count() == 63);
         assert_eq!(got[64..].iter().filter(|a| **a).count(), 10);
         assert_eq!((collector.moved, collector.kept), (73, 27));

@@ -250,6 +250,26 @@ async fn slow_start_injected() {
     }
 }
 
+/// Fault injection for the handoff tests: while $RIVER_TEST_HOLD_ADOPT
+/// names a file that exists, a worker told to adopt connections holds them
+/// without answering (so that a test can kill it mid-handoff, or let the
+/// master's deadline pass). Nothing else reads it.
+async fn adopt_held_by_test() {
+    let Some(path) = std::env::var_os("RIVER_TEST_HOLD_ADOPT") else {
+        return;
+    };
+    let path = std::path::Path::new(&path);
+    if path.exists() {
+        tracing::warn!(
+            pid = std::process::id(),
+            "holding a handoff batch (test hook)"
+        );
+    }
+    while path.exists() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// What a started worker holds: the switches that stop it.
 struct Running {
     /// Adopted listeners, accepted on once the master says `Serve`.
@@ -439,6 +459,7 @@ async fn supervise(mut running: Running, channel: &Channel) -> Result<(), Worker
                 Ok(Some((ToWorker::Hello(_), _))) => tracing::warn!("ignoring a second Hello"),
                 Ok(Some((ToWorker::Discovered(set), _))) => running.discovery.apply(set),
                 Ok(Some((ToWorker::Adopt { batch, conns }, fds))) => {
+                    adopt_held_by_test().await;
                     let accepted = if running.can_adopt() {
                         running.adopter.adopt(batch, conns, fds)
                     } else {
@@ -647,9 +668,10 @@ impl Running {
 
     /// The first handoff round after `Drain` is over (`since` ago).
     fn first_round_done(&self, since: Duration) -> bool {
-        let quiet = self.handoff.as_ref().is_none_or(|(hub, collector)| {
-            hub.in_progress() == 0 && collector.is_idle()
-        });
+        let quiet = self
+            .handoff
+            .as_ref()
+            .is_none_or(|(hub, collector)| hub.in_progress() == 0 && collector.is_idle());
         (quiet && since >= FIRST_ROUND_MIN) || since >= FIRST_ROUND_MAX
     }
 

@@ -126,12 +126,7 @@ impl Supervisor {
     }
 
     /// A receiver's answer to `Adopt`: the batch is committed.
-    pub(super) fn on_adopted(
-        &mut self,
-        from: (u64, usize, u32),
-        batch: u64,
-        accepted: Vec<bool>,
-    ) {
+    pub(super) fn on_adopted(&mut self, from: (u64, usize, u32), batch: u64, accepted: Vec<bool>) {
         let (generation, index, pid) = from;
         let matches = self
             .handoffs
@@ -141,9 +136,10 @@ impl Supervisor {
         if !matches {
             // Late (already aborted), or not this worker's: close its copies.
             if let Some(worker) = self.worker_ref(generation, index, pid) {
-                worker
-                    .handle
-                    .send(ToWorker::AdoptOutcome { batch, commit: false });
+                worker.handle.send(ToWorker::AdoptOutcome {
+                    batch,
+                    commit: false,
+                });
             }
             return;
         }
@@ -160,10 +156,10 @@ impl Supervisor {
             batch: flight.sender_batch,
             accepted: accepted.clone(),
         });
-        flight
-            .receiver
-            .handle
-            .send(ToWorker::AdoptOutcome { batch, commit: true });
+        flight.receiver.handle.send(ToWorker::AdoptOutcome {
+            batch,
+            commit: true,
+        });
         let moved = accepted.iter().filter(|a| **a).count() as u64;
         for (kind, _) in flight.kinds.iter().zip(&accepted).filter(|(_, a)| **a) {
             self.metrics.connection_handed_over(*kind); // metrics
@@ -198,10 +194,10 @@ impl Supervisor {
             batch: flight.sender_batch,
             accepted: vec![false; flight.kinds.len()],
         });
-        flight
-            .receiver
-            .handle
-            .send(ToWorker::AdoptOutcome { batch, commit: false });
+        flight.receiver.handle.send(ToWorker::AdoptOutcome {
+            batch,
+            commit: false,
+        });
     }
 
     /// An `Adopt` could not be sent.

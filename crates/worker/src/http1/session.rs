@@ -271,7 +271,9 @@ impl<G: General> Http1<G> {
                     }
                 }
             };
-            //EXP let shutdown = self.shutdown_for(&c, shutdown);
+            // A movable connection stays open after its response while it
+            // may still move; one that stays drains as before.
+            let shutdown = self.shutdown_for(&c, shutdown);
             // What follows, but for the hand-over to pingora (whose state is
             // boxed already), runs in its own allocation: the connection's
             // future is as large as its largest state, and it lives as long as
@@ -398,16 +400,17 @@ impl<G: General> Http1<G> {
                 return false;
             }
         };
-        let client = nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(c.down.id())
-            .ok()
-            .and_then(|a| {
-                a.as_sockaddr_in()
-                    .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
-                    .or_else(|| {
-                        a.as_sockaddr_in6()
-                            .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
-                    })
-            });
+        let client =
+            nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(c.down.id())
+                .ok()
+                .and_then(|a| {
+                    a.as_sockaddr_in()
+                        .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
+                        .or_else(|| {
+                            a.as_sockaddr_in6()
+                                .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+                        })
+                });
         let conn = river_ipc::HandedConn::Idle(river_ipc::HandedIdle {
             service: self.tunnels.service.to_string(),
             client,

@@ -6,10 +6,10 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use river_ipc::{HandedConn, HandedTunnel};
 use crate::handoff::{duplicate, Handoff, Plain};
 use crate::tunnel::pipe::{Half, Pipe};
 use crate::tunnel::{Meta, Tunnel};
+use river_ipc::{HandedConn, HandedTunnel};
 
 /// Offer a paused tunnel; true if it moved (drop it without shutting its
 /// sockets down), false if it stays (run its pipe on: whatever the pause

@@ -461,7 +461,8 @@ mod tests {
                     pauses += 1;
                     // Rebuild as a receiving worker would.
                     let (to_client, to_upstream) = pipe.carried();
-                    let (mut up, mut down) = (std::mem::take(&mut pipe.up), std::mem::take(&mut pipe.down));
+                    let (mut up, mut down) =
+                        (std::mem::take(&mut pipe.up), std::mem::take(&mut pipe.down));
                     // What is carried travels; the copy in the old state goes.
                     up.pending.clear();
                     down.pending.clear();
