@@ -3,7 +3,8 @@
 #   a. failed requests under keep-alive load (wrk -c32, ~7 s) with a reload every 200 ms;
 #   b. reload latency: signal -> a fresh connection sees the new config (15 reloads);
 #   c. peak processes and RSS after 20 reloads (500 ms apart) while long requests keep arriving;
-#   d. 10 binary upgrades 1 s apart under keep-alive load and a loop of fresh connections.
+#   d. 10 binary upgrades 1 s apart under keep-alive load and a loop of fresh connections;
+#   e. 1000 WebSockets, each sending a message every 100 ms, through 20 reloads 0.5 s apart.
 #
 # Environment: PIN=0 to run (a) and (b) unpinned, RIVER=path to the river binary,
 # ONLY="a b c" to run a subset.
@@ -11,13 +12,17 @@ source "$(dirname "$0")/lib.sh"
 bench_init
 
 LAB=$BENCH_DIR/reloadlab.py
-ONLY=${ONLY:-a b c d}
+ONLY=${ONLY:-a b c d e}
 RELOADS_A=33
 INTERVAL_A=0.2
 WRK_A=(-t1 -c32 -d7s --latency)
 LATENCY_COUNT=15
 RELOADS_C=20
 UPGRADES_D=10
+WS_E=${WS_E:-1000}
+RELOADS_E=20
+# Case e's nginx passes WebSocket upgrades on.
+NGINX_WS=0
 
 # ---------------------------------------------------------------- configs (templates: @GEN@)
 
@@ -65,7 +70,12 @@ nginx_template() {
         location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+$(if [ "$NGINX_WS" = 1 ]; then
+                echo '            proxy_set_header Upgrade $http_upgrade;'
+                echo '            proxy_set_header Connection "upgrade";'
+            else
+                echo '            proxy_set_header Connection "";'
+            fi)
             proxy_read_timeout 120s;
             add_header x-gen @GEN@ always;
         }
@@ -81,6 +91,7 @@ haproxy_template() {
     {
         haproxy_cfg_head "$1" "$4"
         cat <<EOF
+    timeout tunnel 120s
 frontend fe
     bind 127.0.0.1:$2
     http-response set-header x-gen @GEN@
@@ -117,6 +128,7 @@ kv() { # KEY LINE: value of key=value in LINE
     tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"
 }
 
+declare -A E_CUT E_LOST E_DIS E_SENT E_OPEN E_PEAKP E_PEAKR E_GONE E_NEVER E_LAST E_BASE
 declare -A D_OK D_FAIL D_REFUSED D_GONE D_ERR D_SECS
 declare -A A_REQ A_FAIL A_SOCK A_NON2XX A_SIGS A_GENS B_MED B_MAX B_ERR C_PEAKP C_PEAKR C_ENDP C_ENDR C_LONG C_CUT
 
@@ -223,6 +235,33 @@ if [[ $ONLY == *d* ]]; then
     kill_tree "$UPSTREAM_PID"
 fi
 
+# ---------------------------------------------------------------- e
+if [[ $ONLY == *e* ]]; then
+    WS_PORT=$(free_port)
+    python3 "$BENCH_DIR/wslab.py" echo "$WS_PORT" >"$WORK/ws-echo.log" 2>&1 9>&- &
+    track $!
+    wait_port "$WS_PORT"
+    NGINX_WS=1
+    for name in River nginx HAProxy; do
+        dir=$WORK/e-$name
+        port=$(free_port)
+        start_proxy "$name" "$dir" "$port" "$WS_PORT" 2 ""
+        res=$(python3 "$BENCH_DIR/wslab.py" run --port "$port" --pid "$PROXY_PID" --signal $SIG \
+            --template "$CONF.in" --config "$CONF" --conns "$WS_E" --reloads $RELOADS_E --interval 0.5)
+        E_CUT[$name]=$(kv cut "$res") E_LOST[$name]=$(kv lost "$res") E_DIS[$name]=$(kv out_of_order "$res")
+        E_SENT[$name]=$(kv sent "$res") E_OPEN[$name]=$(kv opened "$res")
+        E_PEAKP[$name]=$(kv peak_procs "$res") E_PEAKR[$name]=$(kv peak_rss_mib "$res")
+        E_GONE[$name]=$(kv gone_worst_s "$res") E_NEVER[$name]=$(kv reloads_never_gone "$res")
+        E_LAST[$name]=$(kv gone_last_s "$res") E_BASE[$name]=$(kv base_procs "$res")
+        echo "  e. $name: $res" >&2
+        if [ "$name" = River ]; then
+            grep -E "aborted|refused|cannot" "$dir/river.log" | sed 's/^/     river.log: /' | tail -5 >&2 || true
+        fi
+        kill_tree "$PROXY_PID"
+    done
+    NGINX_WS=0
+fi
+
 # ---------------------------------------------------------------- tables
 echo
 echo "Hot reload, River vs nginx vs HAProxy. $(machine_note)"
@@ -277,9 +316,29 @@ if [[ $ONLY == *d* ]]; then
     echo "| upgrades that did not complete | ${D_ERR[River]} | ${D_ERR[nginx]} | ${D_ERR[HAProxy]} |"
     echo "| seconds for the $UPGRADES_D upgrades (nginx must wait for each old master to exit) | ${D_SECS[River]} | ${D_SECS[nginx]} | ${D_SECS[HAProxy]} |"
 fi
+if [[ $ONLY == *e* ]]; then
+    echo
+    echo "(e): $WS_E WebSocket clients (Python asyncio, RFC 6455), each sending a numbered message every 100 ms and checking every echo;"
+    echo "$RELOADS_E reloads 0.5 s apart (River and nginx \`kill -HUP\`, HAProxy \`kill -USR2\`); River \`workers 2\` (connection handoff on, the default),"
+    echo "nginx \`worker_processes 2\` (no \`worker_shutdown_timeout\`), HAProxy \`nbthread 2\` (no \`hard-stop-after\`); unpinned."
+    echo "Processes and RSS: the master and all its descendants, sampled every 50 ms."
+    echo
+    echo "| **e.** $WS_E WebSockets, $RELOADS_E reloads | River | nginx | HAProxy |"
+    echo "|---|---:|---:|---:|"
+    echo "| connections cut | **${E_CUT[River]}** | **${E_CUT[nginx]}** | **${E_CUT[HAProxy]}** |"
+    echo "| messages lost / out of order | **${E_LOST[River]} / ${E_DIS[River]}** | **${E_LOST[nginx]} / ${E_DIS[nginx]}** | **${E_LOST[HAProxy]} / ${E_DIS[HAProxy]}** |"
+    echo "| messages echoed (connections opened) | ${E_SENT[River]} (${E_OPEN[River]}) | ${E_SENT[nginx]} (${E_OPEN[nginx]}) | ${E_SENT[HAProxy]} (${E_OPEN[HAProxy]}) |"
+    echo "| peak processes (before the reloads) | **${E_PEAKP[River]}** (${E_BASE[River]}) | **${E_PEAKP[nginx]}** (${E_BASE[nginx]}) | **${E_PEAKP[HAProxy]}** (${E_BASE[HAProxy]}) |"
+    echo "| peak RSS (MiB) | ${E_PEAKR[River]} | ${E_PEAKR[nginx]} | ${E_PEAKR[HAProxy]} |"
+    echo "| seconds until only the serving generation is left, worst reload | **${E_GONE[River]}** | **${E_GONE[nginx]}** | **${E_GONE[HAProxy]}** |"
+    echo "| &nbsp;&nbsp; after the last reload / reloads whose old processes never left | ${E_LAST[River]} / ${E_NEVER[River]} | ${E_LAST[nginx]} / ${E_NEVER[nginx]} | ${E_LAST[HAProxy]} / ${E_NEVER[HAProxy]} |"
+fi
 echo
 echo "Targets (River): a. 0 failed requests: $([ "${A_FAIL[River]:-x}" = 0 ] && echo met || echo "${A_FAIL[River]:-not run}")."\
 " c. peak processes ≤ 7: $(if [ -z "${C_PEAKP[River]:-}" ]; then echo not run; elif [ "${C_PEAKP[River]}" -le 7 ]; then echo met; else echo "not met"; fi);"\
-" peak RSS ≤ nginx/3: $(if [ -z "${C_PEAKR[River]:-}" ]; then echo not run; else awk -v r="${C_PEAKR[River]}" -v n="${C_PEAKR[nginx]}" 'BEGIN { print (r <= n / 3) ? "met" : "not met" }'; fi)."
+" peak RSS ≤ nginx/3: $(if [ -z "${C_PEAKR[River]:-}" ]; then echo not run; else awk -v r="${C_PEAKR[River]}" -v n="${C_PEAKR[nginx]}" 'BEGIN { print (r <= n / 3) ? "met" : "not met" }'; fi)."\
+" e. 0 cut, 0 lost, peak processes ≤ 5, old gone within 1 s: $(if [ -z "${E_CUT[River]:-}" ]; then echo not run; elif [ "${E_CUT[River]}" = 0 ] \
+    && [ "${E_LOST[River]}" = 0 ] && [ "${E_PEAKP[River]}" -le 5 ] && [ "${E_NEVER[River]}" = 0 ] \
+    && awk -v g="${E_GONE[River]}" 'BEGIN { exit !(g <= 1.0) }'; then echo met; else echo "not met"; fi)."
 echo
 echo "Command: \`bench/reload.sh\` ($(river_source))"

@@ -461,27 +461,35 @@ impl<G: General> Http1<G> {
     /// handoff (one wake-up serves both: the hub says which).
     async fn read_head(&self, c: &mut Conn, deadline: tokio::time::Instant) -> HeadRead {
         let idle = c.buf.is_empty();
-        let woken = self.idle_close.notified();
-        let mut woken = std::pin::pin!(woken);
-        // Registered before the check: a wake-up in between is not lost.
-        woken.as_mut().enable();
-        if idle && self.handoff_wanted(c) {
-            return HeadRead::Handoff;
-        }
-        tokio::select! {
-            biased;
-            read = read_some(&mut c.down, &mut c.buf) => match read {
-                Ok(0) | Err(_) => HeadRead::Closed,
-                Ok(_) => HeadRead::More,
-            },
-            _ = woken, if idle => {
-                if self.handoff_wanted(c) {
-                    HeadRead::Handoff
-                } else {
-                    HeadRead::Closed
-                }
+        loop {
+            let woken = self.idle_close.notified();
+            let mut woken = std::pin::pin!(woken);
+            // Registered before the check: a wake-up in between is not lost.
+            woken.as_mut().enable();
+            if idle && self.handoff_wanted(c) {
+                return HeadRead::Handoff;
             }
-            _ = tokio::time::sleep_until(deadline) => HeadRead::TimedOut,
+            tokio::select! {
+                biased;
+                read = read_some(&mut c.down, &mut c.buf) => return match read {
+                    Ok(0) | Err(_) => HeadRead::Closed,
+                    Ok(_) => HeadRead::More,
+                },
+                _ = woken, if idle => {
+                    if self.handoff_wanted(c) {
+                        return HeadRead::Handoff;
+                    }
+                    // The wake-up was for movable connections (the worker
+                    // drains with handoff): one that cannot move (TLS, or
+                    // refused) waits for its next request, answered with
+                    // `Connection: close`, as without handoff. Closing it
+                    // now would race a request the client is sending.
+                    if !self.handoff.as_ref().is_some_and(|hub| hub.is_active()) {
+                        return HeadRead::Closed;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return HeadRead::TimedOut,
+            }
         }
     }
 
