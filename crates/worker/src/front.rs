@@ -171,7 +171,9 @@ mod tests {
         let (_tx, shutdown) = tokio::sync::watch::channel(false);
         let connection = front.process_new(stream, &shutdown);
         let future = std::mem::size_of_val(&*connection);
-        assert!(future <= 448, "a connection's future is {future} bytes");
+        // 448 before connection handoff; its wake-up, created before the
+        // check that decides whether the connection moves, costs 40.
+        assert!(future <= 488, "a connection's future is {future} bytes");
         let socket = std::mem::size_of::<WriteBuffered>();
         assert!(
             socket <= 112,

@@ -461,35 +461,33 @@ impl<G: General> Http1<G> {
     /// handoff (one wake-up serves both: the hub says which).
     async fn read_head(&self, c: &mut Conn, deadline: tokio::time::Instant) -> HeadRead {
         let idle = c.buf.is_empty();
-        loop {
-            let woken = self.idle_close.notified();
-            let mut woken = std::pin::pin!(woken);
-            // Registered before the check: a wake-up in between is not lost.
-            woken.as_mut().enable();
-            if idle && self.handoff_wanted(c) {
-                return HeadRead::Handoff;
-            }
-            tokio::select! {
-                biased;
-                read = read_some(&mut c.down, &mut c.buf) => return match read {
-                    Ok(0) | Err(_) => HeadRead::Closed,
-                    Ok(_) => HeadRead::More,
-                },
-                _ = woken, if idle => {
-                    if self.handoff_wanted(c) {
-                        return HeadRead::Handoff;
-                    }
+        // Created before the check: `notify_waiters` reaches a `Notified`
+        // from its creation on, so a wake-up in between is not lost.
+        let woken = self.idle_close.notified();
+        if idle && self.handoff_wanted(c) {
+            return HeadRead::Handoff;
+        }
+        tokio::select! {
+            biased;
+            read = read_some(&mut c.down, &mut c.buf) => match read {
+                Ok(0) | Err(_) => HeadRead::Closed,
+                Ok(_) => HeadRead::More,
+            },
+            _ = woken, if idle => {
+                if self.handoff_wanted(c) {
+                    HeadRead::Handoff
+                } else if self.handoff.as_ref().is_some_and(|hub| hub.is_active()) {
                     // The wake-up was for movable connections (the worker
                     // drains with handoff): one that cannot move (TLS, or
                     // refused) waits for its next request, answered with
                     // `Connection: close`, as without handoff. Closing it
                     // now would race a request the client is sending.
-                    if !self.handoff.as_ref().is_some_and(|hub| hub.is_active()) {
-                        return HeadRead::Closed;
-                    }
+                    HeadRead::More
+                } else {
+                    HeadRead::Closed
                 }
-                _ = tokio::time::sleep_until(deadline) => return HeadRead::TimedOut,
             }
+            _ = tokio::time::sleep_until(deadline) => HeadRead::TimedOut,
         }
     }
 
