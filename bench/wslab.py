@@ -8,13 +8,14 @@
       Opens CONNS WebSockets through the proxy on P; each sends a numbered message
       every EVERY seconds and checks that every echo is the next number. Meanwhile
       writes C from T (@GEN@ -> 2, 3, ...) and sends SIG to PID RELOADS times,
-      INTERVAL apart, and samples PID's process tree (count, RSS) every 50 ms.
+      INTERVAL apart, keeps talking TAIL (3) seconds more, and samples PID's process
+      tree (count, RSS) every 50 ms.
 
 Prints one line of key=value results: connections cut (closed or reset by the proxy
 before the end), messages lost (sent, never echoed), out_of_order (an echo that
 was not the next number: duplicated or reordered), peak processes and RSS, and
-how long after each reload the tree was back to its size before the reloads
-(only the serving generation left): the worst of all reloads, and after the last.
+how long after each reload every process but the master that ran at the reload was
+gone (only the new generation left): the worst of all reloads, and after the last.
 """
 
 import argparse
@@ -32,6 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reloadlab import rss_kib, signum, tree, write_config  # noqa: E402
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+# Seconds between two samples of the process tree.
+SAMPLE = 0.05
 
 
 async def read_frame(reader):
@@ -177,14 +180,14 @@ async def client(i, args, conn, sending, opening):
 
 
 def run(args):
-    samples = []  # (t, procs, rss_kib)
+    samples = []  # (t, {pid}, rss_kib)
     stop = threading.Event()
 
     def sampler():
         while not stop.is_set():
-            pids = [p for p in tree(args.pid) if os.path.exists(f"/proc/{p}")]
-            samples.append((time.monotonic(), len(pids), sum(rss_kib(p) for p in pids)))
-            time.sleep(0.05)
+            pids = {p for p in tree(args.pid) if os.path.exists(f"/proc/{p}")}
+            samples.append((time.monotonic(), pids, sum(rss_kib(p) for p in pids)))
+            time.sleep(SAMPLE)
 
     sampling = threading.Thread(target=sampler, daemon=True)
     sampling.start()
@@ -201,19 +204,14 @@ def run(args):
         while sum(c.opened for c in conns) < args.conns and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         await asyncio.sleep(1)
-        base = samples[-1][1]
+        base = len(samples[-1][1])
         for i in range(args.reloads):
             write_config(args.template, args.config, i + 2)
             reload_times.append(time.monotonic())
             os.kill(args.pid, signum(args.signal))
             await asyncio.sleep(args.interval)
-        # Until only the serving generation is left (or give up).
-        deadline = time.monotonic() + args.tail
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-            if samples[-1][1] <= base and samples[-1][0] > reload_times[-1] + 0.05:
-                break
-        await asyncio.sleep(0.5)
+        # The same time for every proxy: their old processes may leave.
+        await asyncio.sleep(args.tail)
         sending.clear()
         await asyncio.gather(*tasks)
         return base
@@ -223,18 +221,16 @@ def run(args):
     sampling.join()
 
     def gone_after(t0):
-        """Seconds from t0 until the tree grew (a new generation) and shrank back to base."""
-        grew = False
-        for t, n, _ in samples:
-            if t < t0:
-                continue
-            if n > base:
-                grew = True
-            elif grew and n <= base:
+        """Seconds from reload t0 until every process but the master that ran at t0
+        (the generations then serving or draining) is gone."""
+        before = [pids for t, pids, _ in samples if t < t0]
+        old = set(before[-1] if before else ()) - {args.pid}
+        for t, pids, _ in samples:
+            if t >= t0 and not old & pids:
                 return t - t0
         return None
 
-    gone = [gone_after(t) for t in reload_times]
+    gone = [gone_after(t0) for t0 in reload_times]
     never = sum(g is None for g in gone)
     worst = max((g for g in gone if g is not None), default=None)
     last = gone[-1] if gone else None
@@ -244,10 +240,11 @@ def run(args):
         f"conns={args.conns} opened={opened} cut={sum(c.cut for c in conns)} "
         f"sent={sum(c.sent for c in conns)} lost={sum(c.sent - c.echoed for c in conns if c.opened)} "
         f"out_of_order={sum(c.out_of_order for c in conns)} "
-        f"base_procs={base} peak_procs={max(n for _, n, _ in samples)} "
-        f"peak_rss_mib={max(r for _, _, r in samples) / 1024:.1f} end_procs={samples[-1][1]} "
+        f"base_procs={base} peak_procs={max(len(p) for _, p, _ in samples)} "
+        f"peak_rss_mib={max(r for _, _, r in samples) / 1024:.1f} end_procs={len(samples[-1][1])} "
         f"gone_worst_s={'never' if never else fmt(worst)} reloads_never_gone={never} "
-        f"gone_last_s={fmt(last)} reloads={len(reload_times)}"
+        f"gone_last_s={fmt(last)} reloads={len(reload_times)} "
+        f"gone_each_s={','.join(fmt(g) for g in gone)}"
     )
 
 
@@ -267,7 +264,7 @@ def main():
     p.add_argument("--every", type=float, default=0.1)
     p.add_argument("--reloads", type=int, default=20)
     p.add_argument("--interval", type=float, default=0.5)
-    p.add_argument("--tail", type=float, default=10.0)
+    p.add_argument("--tail", type=float, default=3.0)
     p.set_defaults(fn=run)
     args = ap.parse_args()
     args.fn(args)
