@@ -337,8 +337,16 @@ pub fn peer(upstream: &Upstream) -> HttpPeer {
         UpstreamProto::H2Only => peer.options.set_http_version(2, 2),
         UpstreamProto::H2OrH1 => peer.options.set_http_version(2, 1),
     }
+    // pingora keeps an idle pooled connection until the upstream closes it;
+    // nginx's `keepalive_timeout` (60 s) bounds it, and so closes those to
+    // backends service discovery removed (the fast path's pool forgets them
+    // at once).
+    peer.options.idle_timeout = Some(POOLED_IDLE);
     peer
 }
+
+/// How long pingora's pool keeps an idle upstream connection.
+pub const POOLED_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The active health check: a TCP connect, or `GET path` expecting 2xx over
 /// the same TLS/ALPN settings the proxy uses for that upstream.
@@ -464,6 +472,14 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    /// pingora's pool would otherwise keep connections to a backend that
+    /// discovery removed until the backend closes them.
+    #[test]
+    fn pooled_upstream_connections_idle_out() {
+        let peer = peer(&upstream(1));
+        assert_eq!(peer.options.idle_timeout, Some(POOLED_IDLE));
     }
 
     #[test]
