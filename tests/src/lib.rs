@@ -16,7 +16,29 @@ use std::time::{Duration, Instant};
 
 /// A port that was free a moment ago on 127.0.0.1. River must be told its port
 /// in the config, so tests cannot simply bind port 0 inside River.
+///
+/// Not from the kernel's ephemeral range (port 0 would give one): every
+/// outgoing connection of the tests running in parallel takes its local port
+/// from there, and one of them could take the port before River binds it.
+/// Ports below that range are handed out in turn from a start that differs
+/// per test process, and each is checked free.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const SPAN: u32 = 22_000; // below 32768, Linux's default ephemeral range
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let start = std::process::id().wrapping_mul(7919).wrapping_add(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos()),
+    );
+    let _ = NEXT.compare_exchange(u32::MAX, start % SPAN, Ordering::AcqRel, Ordering::Acquire);
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::AcqRel) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local_addr").port()
 }
