@@ -43,7 +43,6 @@ enum Adoptee {
     Idle {
         target: Arc<Target>,
         socket: Socket,
-        peer: Option<std::net::SocketAddr>,
     },
     Tunnel {
         target: Arc<Target>,
@@ -126,11 +125,9 @@ impl Adopter {
                 if !came_in_on(&plain, &target.plain) {
                     return Err("no plaintext listener of the service on its address");
                 }
-                let peer = plain.peer().or(idle.client);
                 Ok(Adoptee::Idle {
                     target,
                     socket: Socket::from(plain),
-                    peer,
                 })
             }
             HandedConn::Tunnel(handed) => {
@@ -164,17 +161,13 @@ impl Adopter {
         for adoptee in held {
             let guard = self.connections.open();
             match adoptee {
-                Adoptee::Idle {
-                    target,
-                    socket,
-                    peer,
-                } => {
+                Adoptee::Idle { target, socket } => {
                     // metrics: river_connections_active{service}
                     let counted = target.stats.connection_opened();
                     let shutdown = self.shutdown.clone();
                     tokio::spawn(async move {
                         let _guard = (guard, counted);
-                        let stream: Stream = Box::new(WriteBuffered::new(socket, peer));
+                        let stream: Stream = Box::new(WriteBuffered::new(socket));
                         target.front.process_new(stream, &shutdown).await;
                     });
                 }

@@ -176,7 +176,7 @@ mod tests {
         assert!(future <= 488, "a connection's future is {future} bytes");
         let socket = std::mem::size_of::<WriteBuffered>();
         assert!(
-            socket <= 112,
+            socket <= 72,
             "a socket with its write buffer is {socket} bytes"
         );
     }

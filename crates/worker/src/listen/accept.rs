@@ -48,17 +48,14 @@ impl Inherited {
     async fn accept(&self) -> std::io::Result<Box<WriteBuffered>> {
         match self {
             Inherited::Tcp(listener) => {
-                let (stream, peer) = listener.accept().await?;
+                let (stream, _) = listener.accept().await?;
                 // Best effort, as pingora's own listeners.
                 let _ = stream.set_nodelay(true);
-                Ok(Box::new(WriteBuffered::new(
-                    Socket::Tcp(stream),
-                    Some(peer),
-                )))
+                Ok(Box::new(WriteBuffered::new(Socket::Tcp(stream))))
             }
             Inherited::Unix(listener) => {
                 let (stream, _) = listener.accept().await?;
-                Ok(Box::new(WriteBuffered::new(Socket::Unix(stream), None)))
+                Ok(Box::new(WriteBuffered::new(Socket::Unix(stream))))
             }
         }
     }

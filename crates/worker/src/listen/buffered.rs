@@ -12,14 +12,12 @@
 //! their records coalesce the same way.
 
 use std::io::IoSlice;
-use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use async_trait::async_trait;
-use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora_core::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE;
 use pingora_core::protocols::{GetSocketDigest, Peek, Shutdown, SocketDigest, Ssl};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -28,31 +26,31 @@ use crate::listen::socket::Socket;
 
 /// Buffers writes up to `capacity`; see the module documentation.
 #[derive(Debug)]
+///
+/// Every idle connection holds one, so it holds only the socket and an empty
+/// `Vec` (72 bytes): the capacity is a constant, and the peer's address is
+/// asked of the kernel when a digest is made.
 pub struct WriteBuffered<W = Socket> {
     io: W,
     buf: Vec<u8>,
-    capacity: usize,
-    /// The client's address, for the socket digest made when asked.
-    peer: Option<SocketAddr>,
 }
 
+/// pingora's default write buffer.
+const CAPACITY: usize = DEFAULT_L4_WRITE_BUFFER_SIZE;
+
 impl WriteBuffered {
-    /// A downstream socket from `peer` with pingora's default write buffer.
-    pub fn new(stream: Socket, peer: Option<SocketAddr>) -> Self {
-        let mut buffered = WriteBuffered::with_capacity(stream, DEFAULT_L4_WRITE_BUFFER_SIZE);
-        buffered.peer = peer;
-        buffered
+    /// A downstream socket with pingora's default write buffer.
+    pub fn new(stream: Socket) -> Self {
+        WriteBuffered::wrap(stream)
     }
 }
 
 impl<W: AsyncWrite + Unpin> WriteBuffered<W> {
-    fn with_capacity(io: W, capacity: usize) -> Self {
+    fn wrap(io: W) -> Self {
         WriteBuffered {
             io,
             // Allocated by the first write: an idle connection holds none.
             buf: Vec::new(),
-            capacity,
-            peer: None,
         }
     }
 
@@ -89,9 +87,9 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for WriteBuffered<W> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         loop {
-            if this.buf.len() + data.len() <= this.capacity {
+            if this.buf.len() + data.len() <= CAPACITY {
                 if this.buf.capacity() == 0 {
-                    this.buf.reserve_exact(this.capacity);
+                    this.buf.reserve_exact(CAPACITY);
                 }
                 this.buf.extend_from_slice(data);
                 return Poll::Ready(Ok(data.len()));
@@ -164,7 +162,11 @@ impl GetSocketDigest for WriteBuffered {
             return Some(digest);
         }
         let digest = SocketDigest::from_raw_fd(self.io.as_raw_fd());
-        let _ = digest.peer_addr.set(self.peer.map(PingoraAddr::Inet));
+        // A TCP peer is asked of the kernel (`getpeername`) when wanted: once
+        // a connection on the fast path, once a request on pingora's.
+        if matches!(self.io, Socket::Unix(_)) {
+            let _ = digest.peer_addr.set(None);
+        }
         Some(Arc::new(digest))
     }
 
@@ -183,6 +185,7 @@ impl Peek for WriteBuffered {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
     use std::io::Read;
 
     /// A socket stand-in that records every write call, takes at most
@@ -250,18 +253,19 @@ mod tests {
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
-        let (accepted, peer) = listener.accept().await.unwrap();
-        let buffered = WriteBuffered::new(Socket::Tcp(accepted), Some(peer));
+        let (accepted, _) = listener.accept().await.unwrap();
+        let buffered = WriteBuffered::new(Socket::Tcp(accepted));
         let digest = buffered.get_socket_digest().expect("a digest");
         assert_eq!(
-            digest.peer_addr.get(),
-            Some(&Some(PingoraAddr::Inet(client.local_addr().unwrap())))
+            digest.peer_addr(),
+            Some(&PingoraAddr::Inet(client.local_addr().unwrap()))
         );
+        assert!(std::mem::size_of::<WriteBuffered>() <= 72);
     }
 
     #[tokio::test]
     async fn an_idle_connection_holds_no_write_buffer() {
-        let mut w = WriteBuffered::with_capacity(Recorder::default(), 1460);
+        let mut w = WriteBuffered::wrap(Recorder::default());
         assert_eq!(
             w.buf.capacity(),
             0,
@@ -276,7 +280,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_header_and_a_body_larger_than_the_buffer_leave_in_one_write() {
-        let mut w = WriteBuffered::with_capacity(Recorder::default(), DEFAULT_L4_WRITE_BUFFER_SIZE);
+        let mut w = WriteBuffered::wrap(Recorder::default());
         let header = b"HTTP/1.1 200 OK\r\nContent-Length: 4096\r\n\r\n";
         let body = vec![b'b'; 4096];
         w.write_all(header).await.unwrap();
@@ -296,7 +300,7 @@ mod tests {
                     stall,
                     ..Recorder::default()
                 };
-                let mut w = WriteBuffered::with_capacity(io, 1460);
+                let mut w = WriteBuffered::wrap(io);
                 let mut expected = Vec::new();
                 for (i, len) in [10, 3000, 1, 1460, 0, 200, 1300, 9000, 5]
                     .iter()
@@ -323,7 +327,7 @@ mod tests {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         ours.set_nonblocking(true).unwrap();
         let stream = Socket::Unix(tokio::net::UnixStream::from_std(ours).unwrap());
-        let mut buffered = WriteBuffered::new(stream, None);
+        let mut buffered = WriteBuffered::new(stream);
         let mut peer = theirs;
         peer.set_nonblocking(true).unwrap();
 
