@@ -171,9 +171,11 @@ mod tests {
         let (_tx, shutdown) = tokio::sync::watch::channel(false);
         let connection = front.process_new(stream, &shutdown);
         let future = std::mem::size_of_val(&*connection);
-        // 448 before connection handoff; its wake-up, created before the
-        // check that decides whether the connection moves, costs 40.
-        assert!(future <= 488, "a connection's future is {future} bytes");
+        // 448 before connection handoff (480 with it). `cargo +nightly
+        // rustc -p river-worker --lib -- -Zprint-type-sizes` shows where it
+        // goes: the idle wait's select (a 112-byte `Sleep`, a 64-byte
+        // `Notified`) and arguments an async fn keeps beside their locals.
+        assert!(future <= 480, "a connection's future is {future} bytes");
         let socket = std::mem::size_of::<WriteBuffered>();
         assert!(
             socket <= 72,

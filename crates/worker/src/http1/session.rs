@@ -241,7 +241,7 @@ impl<G: General> Http1<G> {
                         decision => break decision,
                     }
                 }
-                match self.read_head(&mut c, deadline).await {
+                match self.read_head(&mut c, &deadline).await {
                     HeadRead::More => {}
                     HeadRead::Closed => {
                         if !c.buf.is_empty() {
@@ -459,7 +459,7 @@ impl<G: General> Http1<G> {
     /// Read more of a request head until `deadline`; between requests, give
     /// up at once when told to close idle connections, or to offer them for
     /// handoff (one wake-up serves both: the hub says which).
-    async fn read_head(&self, c: &mut Conn, deadline: tokio::time::Instant) -> HeadRead {
+    async fn read_head(&self, c: &mut Conn, deadline: &tokio::time::Instant) -> HeadRead {
         let idle = c.buf.is_empty();
         // Created before the check: `notify_waiters` reaches a `Notified`
         // from its creation on, so a wake-up in between is not lost.
@@ -487,7 +487,7 @@ impl<G: General> Http1<G> {
                     HeadRead::Closed
                 }
             }
-            _ = tokio::time::sleep_until(deadline) => HeadRead::TimedOut,
+            _ = tokio::time::sleep_until(*deadline) => HeadRead::TimedOut,
         }
     }
 
