@@ -94,6 +94,23 @@ pub enum Outcome {
 }
 
 impl GenerationDiscovery {
+    /// No name yet, no resolver started.
+    fn empty(generation: u64, config: Arc<Config>) -> GenerationDiscovery {
+        GenerationDiscovery {
+            generation,
+            config,
+            names: BTreeMap::new(),
+            order: Vec::new(),
+            servers: BTreeMap::new(),
+            resolver: None,
+            first_pass_done: false,
+            failures: 0,
+            restart_at: None,
+            stopped: false,
+            version: 0,
+        }
+    }
+
     /// The discovery of a generation of `config`, or None if it has no name
     /// to discover. Starts its resolver.
     pub fn start(
@@ -105,19 +122,7 @@ impl GenerationDiscovery {
         if tasks.is_empty() {
             return None;
         }
-        let mut discovery = GenerationDiscovery {
-            generation,
-            config: Arc::new(config.clone()),
-            names: BTreeMap::new(),
-            order: Vec::new(),
-            servers: BTreeMap::new(),
-            resolver: None,
-            first_pass_done: false,
-            failures: 0,
-            restart_at: None,
-            stopped: false,
-            version: 0,
-        };
+        let mut discovery = GenerationDiscovery::empty(generation, Arc::new(config.clone()));
         for task in tasks {
             let key = (task.service.clone(), task.name.to_string());
             discovery
@@ -466,10 +471,7 @@ async fn watch(
     loop {
         tokio::select! {
             status = child.wait() => {
-                let status = match status {
-                    Ok(status) => status.to_string(),
-                    Err(err) => format!("unknown ({err})"),
-                };
+                let status = crate::process::exit_text(status);
                 let _ = events.send(WorkerEvent::Discovery(DiscoveryEvent::Exited { generation, pid, status }));
                 return;
             }
@@ -503,19 +505,7 @@ mod tests {
     }
 
     fn discovery() -> GenerationDiscovery {
-        let mut d = GenerationDiscovery {
-            generation: 2,
-            config: Arc::new(river_config::embedded_default()),
-            names: BTreeMap::new(),
-            order: Vec::new(),
-            servers: BTreeMap::new(),
-            resolver: None,
-            first_pass_done: false,
-            failures: 0,
-            restart_at: None,
-            stopped: false,
-            version: 0,
-        };
+        let mut d = GenerationDiscovery::empty(2, Arc::new(river_config::embedded_default()));
         for name in ["a.test:80", "b.test:80"] {
             let key = ("S".to_string(), name.to_string());
             d.order.push(key.clone());

@@ -186,6 +186,14 @@ pub fn spawn_with_ipc(
     Ok((child, master_end))
 }
 
+/// A child's exit as the master logs and reports it.
+pub fn exit_text(status: std::io::Result<std::process::ExitStatus>) -> String {
+    match status {
+        Ok(status) => status.to_string(),
+        Err(err) => format!("unknown ({err})"),
+    }
+}
+
 /// 0 for the first failure, then 100 ms doubling up to `max`: how long a
 /// master waits before it starts a child that keeps dying again.
 pub fn restart_delay(failures: u32, max: std::time::Duration) -> std::time::Duration {
@@ -291,10 +299,7 @@ async fn watch(
     loop {
         tokio::select! {
             status = child.wait() => {
-                let status = match status {
-                    Ok(status) => status.to_string(),
-                    Err(err) => format!("unknown ({err})"),
-                };
+                let status = exit_text(status);
                 let _ = events.send(WorkerEvent::Exited { generation, index, pid, status });
                 return;
             }

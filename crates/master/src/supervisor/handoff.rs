@@ -210,33 +210,25 @@ impl Supervisor {
     /// A worker exited: batches it was to adopt did not move.
     pub(super) fn handoff_worker_exited(&mut self, generation: u64, index: usize, pid: u32) {
         self.handoffs.assigned.remove(&pid);
-        let dead: Vec<u64> = self
-            .handoffs
-            .in_flight
-            .iter()
-            .filter(|(_, f)| f.receiver.is(generation, index, pid))
-            .map(|(batch, _)| *batch)
-            .collect();
-        for batch in dead {
-            if let Some(flight) = self.handoffs.in_flight.remove(&batch) {
-                self.abort_flight(batch, flight, "the receiver exited");
-            }
-        }
+        self.abort_flights("the receiver exited", |f| {
+            f.receiver.is(generation, index, pid)
+        });
     }
 
     /// Batches whose receiver did not answer in time.
     pub(super) fn handoff_tick(&mut self, now: Instant) {
-        let late: Vec<u64> = self
-            .handoffs
-            .in_flight
-            .iter()
-            .filter(|(_, f)| now >= f.deadline)
-            .map(|(batch, _)| *batch)
-            .collect();
-        for batch in late {
-            if let Some(flight) = self.handoffs.in_flight.remove(&batch) {
-                self.abort_flight(batch, flight, "the receiver did not answer in time");
-            }
+        self.abort_flights("the receiver did not answer in time", |f| now >= f.deadline);
+    }
+
+    /// Abort every batch in flight that `doomed` picks.
+    fn abort_flights(&mut self, why: &str, doomed: impl Fn(&InFlight) -> bool) {
+        let (aborted, kept): (HashMap<_, _>, HashMap<_, _>) =
+            std::mem::take(&mut self.handoffs.in_flight)
+                .into_iter()
+                .partition(|(_, flight)| doomed(flight));
+        self.handoffs.in_flight = kept;
+        for (batch, flight) in aborted {
+            self.abort_flight(batch, flight, why);
         }
     }
 
