@@ -20,10 +20,12 @@ import asyncio
 import base64
 import hashlib
 import os
-import struct
+import sys
 import time
 
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B85"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# One WebSocket framing for the benchmarks (and the RFC 6455 key GUID).
+from wslab import GUID, frame, read_frame  # noqa: E402
 
 
 # ---------------------------------------------------------------- backends
@@ -39,35 +41,6 @@ async def read_head(reader):
     return lines[0], headers
 
 
-async def read_frame(reader):
-    b0, b1 = await reader.readexactly(2)
-    length = b1 & 0x7F
-    if length == 126:
-        (length,) = struct.unpack("!H", await reader.readexactly(2))
-    elif length == 127:
-        (length,) = struct.unpack("!Q", await reader.readexactly(8))
-    mask = await reader.readexactly(4) if b1 & 0x80 else None
-    payload = bytearray(await reader.readexactly(length))
-    if mask:
-        for i in range(length):
-            payload[i] ^= mask[i % 4]
-    return b0 & 0x0F, bytes(payload)
-
-
-def frame(opcode, payload, masked):
-    head = bytes([0x80 | opcode])
-    n = len(payload)
-    mask_bit = 0x80 if masked else 0
-    if n < 126:
-        head += bytes([mask_bit | n])
-    else:
-        head += bytes([mask_bit | 126]) + struct.pack("!H", n)
-    if not masked:
-        return head + payload
-    mask = os.urandom(4)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
 async def serve_backend(reader, writer):
     try:
         while True:
@@ -77,7 +50,7 @@ async def serve_backend(reader, writer):
                 await reader.readexactly(length)
             if headers.get("upgrade", "").lower() == "websocket":
                 accept = base64.b64encode(
-                    hashlib.sha1(headers["sec-websocket-key"].encode() + WS_GUID).digest()
+                    hashlib.sha1(headers["sec-websocket-key"].encode() + GUID).digest()
                 ).decode()
                 writer.write(
                     (
