@@ -400,17 +400,11 @@ impl<G: General> Http1<G> {
                 return false;
             }
         };
-        let client =
-            nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(c.down.id())
-                .ok()
-                .and_then(|a| {
-                    a.as_sockaddr_in()
-                        .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
-                        .or_else(|| {
-                            a.as_sockaddr_in6()
-                                .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
-                        })
-                });
+        // As `serve` reads it: the socket digest's peer.
+        let client = c
+            .down
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr()?.as_inet().copied());
         let conn = river_ipc::HandedConn::Idle(river_ipc::HandedIdle {
             service: self.tunnels.service.to_string(),
             client,
