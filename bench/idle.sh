@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Memory per idle keep-alive connection: River, nginx and HAProxy, one process each, proxying
-# to the fast upstream. Each proxy gets connections that served one request and then stay open
+# Memory per idle keep-alive connection: River, nginx and HAProxy, one worker process each,
+# proxying to the fast upstream. Each proxy gets connections that served one request and then stay open
 # and idle (bench/idlelab.py holds them); the figure is the growth of the proxy's RSS (VmRSS of
 # its whole process tree) from BASE held connections to N, divided by N - BASE, so that fixed
 # costs and warm-up are left out. Kernel socket buffers are not in RSS. See bench/README.md.
 #
 # Environment: COUNTS (default "10000 50000"), BASE (default 1000), RIVER=path to the binary.
-# Each count needs `ulimit -n` above it for the proxy and the client (HAProxy: twice); the
-# script raises the soft limit to the hard one, and a proxy that cannot hold a count is
-# measured at the most it can (whole thousands), which the table says.
+# The script raises the soft open-files limit to the hard one. A count one process cannot hold
+# under it runs River and nginx with as many worker processes as hold it with a quarter to spare
+# (the client spreads over processes too); HAProxy has one process (a count it cannot hold is
+# measured at the most it can, in whole thousands, with two descriptors per connection), which
+# the table says.
 source "$(dirname "$0")/lib.sh"
 bench_init
 
@@ -65,13 +67,13 @@ measure() {
     MEASURED=$(awk -v a="$full_rss" -v b="$base_rss" -v n=$((count - BASE)) 'BEGIN { printf "%.2f", (a - b) / n }')
 }
 
-river_target() { # COUNT
+river_target() { # COUNT PROCESSES
     local dir=$WORK/river-$1 port
     mkdir -p "$dir"
     port=$(free_port)
     cat >"$dir/river.kdl" <<KDL
 system {
-    workers 1
+    workers $2
     threads-per-service 1
     pid-file "$dir/river.pid"
     control-socket "$dir/river.sock"
@@ -95,15 +97,17 @@ KDL
     TARGET_PID=$RIVER_PID TARGET_PORT=$port
 }
 
-nginx_target() { # COUNT
-    local dir=$WORK/nginx-$1 port
+nginx_target() { # COUNT PROCESSES
+    local dir=$WORK/nginx-$1 port per_worker
     mkdir -p "$dir"
     port=$(free_port)
+    per_worker=$(($1 / $2 * 5 / 4 + 1000))
+    [ "$per_worker" -gt $((LIMIT - 500)) ] && per_worker=$((LIMIT - 500))
     {
-        echo "worker_rlimit_nofile $(($1 + 2000));"
+        echo "worker_rlimit_nofile $LIMIT;"
         # More connections, and idle ones kept for an hour instead of 75 s.
-        nginx_conf_head "$dir" 1 |
-            sed "s/worker_connections 4096;/worker_connections $(($1 + 1000));/; s/keepalive_timeout 75s;/keepalive_timeout 3600s;/"
+        nginx_conf_head "$dir" "$2" |
+            sed "s/worker_connections 4096;/worker_connections $per_worker;/; s/keepalive_timeout 75s;/keepalive_timeout 3600s;/"
         cat <<NGINX
     upstream backend {
         server 127.0.0.1:$UPSTREAM_PORT;
@@ -151,17 +155,23 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 LIMIT=$(ulimit -n)
 echo "open files limit: $LIMIT" >&2
 
-declare -A RESULT AT
+declare -A RESULT AT PROCS
 for count in $COUNTS; do
     for name in River nginx HAProxy; do
-        per=1
-        [ "$name" = HAProxy ] && per=2
-        n=$count
-        most=$(((LIMIT - 1000) / per))
-        if [ "$n" -gt "$most" ]; then
-            # As many as fit, in whole thousands.
-            n=$((most / 1000 * 1000))
+        n=$count procs=1
+        if [ "$name" = HAProxy ]; then
+            # One process, two descriptors reserved per connection.
+            most=$(((LIMIT - 1000) / 2))
+            if [ "$n" -gt "$most" ]; then
+                n=$((most / 1000 * 1000))
+                AT[$name-$count]="at $n, the open-files limit is $LIMIT"
+            fi
+        elif [ $((n + 1000)) -gt "$LIMIT" ]; then
+            # Worker processes enough to hold it with a quarter to spare.
+            procs=$(((n * 5 / 4 + LIMIT - 1001) / (LIMIT - 1000)))
+            AT[$name-$count]="$procs workers"
         fi
+        PROCS[$name-$count]=$procs
         if [ "$n" -le "$BASE" ]; then
             RESULT[$name-$count]="-"
             AT[$name-$count]="skipped: the open-files limit is $LIMIT"
@@ -169,13 +179,12 @@ for count in $COUNTS; do
             continue
         fi
         case $name in
-            River) river_target "$n" ;;
-            nginx) nginx_target "$n" ;;
+            River) river_target "$n" "$procs" ;;
+            nginx) nginx_target "$n" "$procs" ;;
             HAProxy) haproxy_target "$n" ;;
         esac
         measure "$name" "$TARGET_PID" "$TARGET_PORT" "$n"
         RESULT[$name-$count]=$MEASURED
-        [ "$n" != "$count" ] && AT[$name-$count]="at $n, the open-files limit is $LIMIT"
         kill_tree "$TARGET_PID"
     done
 done
@@ -187,14 +196,14 @@ cell() {
 }
 
 echo
-echo "Memory per idle keep-alive connection: RSS growth of the proxy (all its processes) from $BASE to N idle connections, divided by N - $BASE; one worker process, one thread each."
+echo "Memory per idle keep-alive connection: RSS growth of the proxy (all its processes) from $BASE to N idle connections, divided by N - $BASE; one worker process and one thread each, unless a cell says more workers (River \`workers\`, nginx \`worker_processes\`: more connections than one process may open here)."
 echo "$(machine_note)"
 echo
 echo "| idle connections | River KiB / conn | nginx KiB / conn | HAProxy KiB / conn | River / nginx |"
 echo "|---:|---:|---:|---:|---:|"
 for count in $COUNTS; do
     ratio_cell="-"
-    if [ -z "${AT[River-$count]:-}" ] && [ -z "${AT[nginx-$count]:-}" ]; then
+    if [ "${PROCS[River-$count]}" = "${PROCS[nginx-$count]}" ] && [ "${RESULT[River-$count]}" != "-" ]; then
         ratio_cell=$(ratio "${RESULT[River-$count]}" "${RESULT[nginx-$count]}")
     fi
     echo "| $count | **$(cell River "$count")** | $(cell nginx "$count") | $(cell HAProxy "$count") | $ratio_cell |"

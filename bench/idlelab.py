@@ -7,12 +7,16 @@ Opens COUNT connections to 127.0.0.1:PORT, sends one GET on each and reads
 its whole response (Content-Length or chunked), then keeps them all open and
 idle. Prints `ready COUNT` on stdout when done; exits when stdin closes.
 Source addresses cycle over 127.0.0.1-127.0.0.8, so that more connections
-than one source address has ephemeral ports can be held.
+than one source address has ephemeral ports can be held, and the
+connections are spread over child processes of at most PER_PROCESS each, so
+that more than one process's open-files limit can be held.
 """
+import os
 import socket
 import sys
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+PER_PROCESS = 15000
 
 
 def read_response(sock):
@@ -42,18 +46,55 @@ def read_response(sock):
         rest += chunk
 
 
-def main():
-    port, count = int(sys.argv[1]), int(sys.argv[2])
+def hold(port, count, first):
     held = []
-    for i in range(count):
+    for i in range(first, first + count):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.%d" % (1 + i % 8), 0))
         sock.connect(("127.0.0.1", port))
         sock.sendall(REQUEST)
         read_response(sock)
         held.append(sock)
-    print("ready", len(held), flush=True)
+    return held
+
+
+def main():
+    port, count = int(sys.argv[1]), int(sys.argv[2])
+    children = []
+    first = 0
+    while first < count:
+        share = min(PER_PROCESS, count - first)
+        ready_r, ready_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(ready_r)
+            code = 1
+            try:
+                held = hold(port, share, first)
+                os.write(ready_w, b"ok")
+                sys.stdin.read()  # until stdin closes
+                code = 0 if held else 1
+            finally:
+                os._exit(code)
+        os.close(ready_w)
+        children.append((pid, ready_r))
+        first += share
+    failed = False
+    for pid, ready_r in children:
+        if os.read(ready_r, 2) != b"ok":
+            failed = True
+        os.close(ready_r)
+    if failed:
+        for pid, _ in children:
+            try:
+                os.kill(pid, 15)
+            except ProcessLookupError:
+                pass
+        sys.exit("a holder failed")
+    print("ready", count, flush=True)
     sys.stdin.read()
+    for pid, _ in children:
+        os.waitpid(pid, 0)
 
 
 if __name__ == "__main__":

@@ -567,6 +567,31 @@ fn a_trickled_head_gets_408_on_both_paths() {
     }
 }
 
+/// An idle keep-alive connection closes at `client-header-secs` (nginx's
+/// `keepalive_timeout`), without a word, on both paths, and not before. Its
+/// wait shares one wake-up with the head deadline (`http1/alarm.rs`).
+#[test]
+fn an_idle_keep_alive_connection_closes_at_the_head_deadline() {
+    let upstream = scripted(|_| OK.to_vec());
+    for path in PATHS {
+        let proxy = Proxy::start(path, upstream.addr, SHORT);
+        let mut client = proxy.client();
+        assert_eq!(client.get("/first").status, 200, "{path:?}");
+        let idle_from = Instant::now();
+        let rest = client.rest();
+        let idle = idle_from.elapsed();
+        assert!(
+            rest.is_empty(),
+            "{path:?}: {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+        assert!(
+            idle >= Duration::from_millis(1500) && idle < Duration::from_secs(5),
+            "{path:?}: closed after {idle:?}"
+        );
+    }
+}
+
 /// A WebSocket is a tunnel: silent for longer than `upstream-read-secs`, it
 /// stays open (`tunnel-idle-secs`, default 3600).
 #[test]

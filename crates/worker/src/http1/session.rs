@@ -10,7 +10,9 @@
 //!
 //! An idle keep-alive connection holds no buffer: the next request is read
 //! into a per-thread scratch buffer and only copied into a buffer of its own
-//! once bytes arrive, and the per-request work lives in its own allocation.
+//! once bytes arrive, the per-request work lives in its own allocation, and
+//! its wait holds one `Notified` for both its deadline and the worker's
+//! wake-up (`alarm.rs`), no timer of its own.
 //!
 //! With connection handoff (`handoff.rs`), a plaintext connection is
 //! *movable*: its responses keep it open even while the worker drains, and
@@ -24,6 +26,7 @@ use std::cell::RefCell;
 use std::future::poll_fn;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -34,11 +37,11 @@ use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use river_config::Timeouts;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
-use tokio::sync::Notify;
 
 use crate::access_log::{AccessLog, Entry};
 use crate::content::respond::{reason, status_body};
 use crate::handoff::{duplicate, Handoff, Plain};
+use crate::http1::alarm::Alarm;
 use crate::http1::body::Framing;
 use crate::http1::forward::{Forwarder, Job, Switched};
 use crate::http1::head::{self, Parsed, RequestError, FAST_HEADERS, MAX_HEADERS};
@@ -75,9 +78,11 @@ pub struct Http1<G> {
     access_log: Option<AccessLog>,
     stats: ServiceStats,
     client_header: Duration,
-    /// Wakes connections waiting between requests: to close (no generation
-    /// takes over) or to be handed over.
-    idle_close: Notify,
+    /// Wakes connections waiting for a head: at their deadline, or between
+    /// requests to close (no generation takes over) or to be handed over.
+    alarm: Arc<Alarm>,
+    /// Idle connections close when woken: no generation takes over.
+    closing: AtomicBool,
     /// With `connection-handoff true`: where movable connections go when
     /// the worker drains, and River's tunnels (which exist only then).
     handoff: Option<Arc<Handoff>>,
@@ -165,7 +170,8 @@ impl<G: General> Http1<G> {
             access_log,
             stats,
             client_header: Duration::from_secs(timeouts.client_header_secs),
-            idle_close: Notify::new(),
+            alarm: Alarm::new(),
+            closing: AtomicBool::new(false),
             handoff,
             tunnels,
         }
@@ -205,14 +211,23 @@ impl<G: General> Http1<G> {
         }
     }
 
-    /// Wake the connections waiting for a next request: they close, or,
-    /// when the worker's handoff hub is active, offer themselves.
+    /// No generation takes over (shutdown, master gone): connections
+    /// waiting for a next request close, now and from now on (those that
+    /// can still move offer themselves first, while the hub is active).
     pub fn close_idle(&self) {
-        self.idle_close.notify_waiters();
+        self.closing.store(true, Ordering::Relaxed);
+        self.alarm.wake_all();
+    }
+
+    /// The worker's handoff hub turned active: wake the idle connections,
+    /// which offer themselves if they can move.
+    pub fn wake_idle(&self) {
+        self.alarm.wake_all();
     }
 
     /// Serve `down` until it closes.
     pub async fn serve(&self, down: Stream, shutdown: &ShutdownWatch) {
+        self.alarm.ensure_ticking();
         let client = down
             .get_socket_digest()
             .and_then(|d| Some(d.peer_addr()?.as_inet()?.ip()));
@@ -455,11 +470,16 @@ impl<G: General> Http1<G> {
     /// handoff (one wake-up serves both: the hub says which).
     async fn read_head(&self, c: &mut Conn, deadline: &tokio::time::Instant) -> HeadRead {
         let idle = c.buf.is_empty();
-        // Created before the check: `notify_waiters` reaches a `Notified`
-        // from its creation on, so a wake-up in between is not lost.
-        let woken = self.idle_close.notified();
+        // Created before the checks: a wake-up from here on is not lost.
+        let woken = self.alarm.until(*deadline);
+        if tokio::time::Instant::now() >= *deadline {
+            return HeadRead::TimedOut;
+        }
         if idle && self.handoff_wanted(c) {
             return HeadRead::Handoff;
+        }
+        if idle && self.closing.load(Ordering::Relaxed) {
+            return HeadRead::Closed;
         }
         tokio::select! {
             biased;
@@ -467,8 +487,14 @@ impl<G: General> Http1<G> {
                 Ok(0) | Err(_) => HeadRead::Closed,
                 Ok(_) => HeadRead::More,
             },
-            _ = woken, if idle => {
-                if self.handoff_wanted(c) {
+            _ = woken => {
+                if tokio::time::Instant::now() >= *deadline {
+                    HeadRead::TimedOut
+                } else if !idle {
+                    // Not yet its deadline (an early turn of the alarm's
+                    // ring, or a wake-up for idle ones): read on.
+                    HeadRead::More
+                } else if self.handoff_wanted(c) {
                     HeadRead::Handoff
                 } else if self.handoff.as_ref().is_some_and(|hub| hub.is_active()) {
                     // The wake-up was for movable connections (the worker
@@ -477,11 +503,12 @@ impl<G: General> Http1<G> {
                     // `Connection: close`, as without handoff. Closing it
                     // now would race a request the client is sending.
                     HeadRead::More
-                } else {
+                } else if self.closing.load(Ordering::Relaxed) {
                     HeadRead::Closed
+                } else {
+                    HeadRead::More
                 }
             }
-            _ = tokio::time::sleep_until(*deadline) => HeadRead::TimedOut,
         }
     }
 
