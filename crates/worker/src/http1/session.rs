@@ -473,7 +473,15 @@ impl<G: General> Http1<G> {
         // Created before the checks: a wake-up from here on is not lost.
         let woken = self.alarm.until(*deadline);
         if tokio::time::Instant::now() >= *deadline {
-            return HeadRead::TimedOut;
+            // Its slot may have fired already: read what is there (as a
+            // timer polled after the read would let it), else time out.
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            let read = std::pin::pin!(read_some(&mut c.down, &mut c.buf));
+            return match std::future::Future::poll(read, &mut cx) {
+                Poll::Ready(Ok(0) | Err(_)) => HeadRead::Closed,
+                Poll::Ready(Ok(_)) => HeadRead::More,
+                Poll::Pending => HeadRead::TimedOut,
+            };
         }
         if idle && self.handoff_wanted(c) {
             return HeadRead::Handoff;
