@@ -163,6 +163,44 @@ fn sigquit_finishes_the_request_in_flight_then_exits() {
     wait_gone("workers to exit", &workers, Duration::from_secs(5));
 }
 
+/// Graceful shutdown closes idle keep-alive connections at once (their
+/// head deadline is 60 s away): the wake-up reaches connections waiting
+/// for their next request, and the workers do not wait for them.
+#[test]
+fn sigquit_closes_idle_keep_alive_connections_at_once() {
+    let upstream = Upstream::start("alpha");
+    for handoff in ["true", "false"] {
+        let port = free_port();
+        let system = format!("    workers 1\n    connection-handoff {handoff}");
+        let mut river = River::start(&system, &proxy_service(port, upstream.addr));
+        let mut idle: Vec<_> = (0..3)
+            .map(|_| {
+                let mut client = river_tests::raw::Client::connect(local(port));
+                assert_eq!(client.get("/").status, 200);
+                client
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        river.signal(Signal::SIGQUIT);
+        for client in &mut idle {
+            assert!(
+                client.rest().is_empty(),
+                "handoff {handoff}: bytes after the response"
+            );
+        }
+        let status = river.wait_exit(Duration::from_secs(15));
+        assert!(
+            status.success(),
+            "handoff {handoff}: master exit status {status}"
+        );
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(5),
+            "handoff {handoff}: shut down after {took:?}"
+        );
+    }
+}
+
 #[test]
 fn workers_exit_when_the_master_is_killed() {
     let upstream = Upstream::start("alpha");

@@ -212,8 +212,10 @@ impl<G: General> Http1<G> {
     }
 
     /// No generation takes over (shutdown, master gone): connections
-    /// waiting for a next request close, now and from now on (those that
-    /// can still move offer themselves first, while the hub is active).
+    /// waiting for a next request close when woken, now or by a later turn
+    /// of the alarm (those that can still move offer themselves first,
+    /// while the hub is active). One that starts waiting after this reads
+    /// its request first: it may have been sent already.
     pub fn close_idle(&self) {
         self.closing.store(true, Ordering::Relaxed);
         self.alarm.wake_all();
@@ -485,9 +487,6 @@ impl<G: General> Http1<G> {
         }
         if idle && self.handoff_wanted(c) {
             return HeadRead::Handoff;
-        }
-        if idle && self.closing.load(Ordering::Relaxed) {
-            return HeadRead::Closed;
         }
         tokio::select! {
             biased;
