@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Memory per idle keep-alive connection: River, nginx and HAProxy, one worker process each,
-# proxying to the fast upstream. Each proxy gets connections that served one request and then stay open
-# and idle (bench/idlelab.py holds them); the figure is the growth of the proxy's RSS (VmRSS of
-# its whole process tree) from BASE held connections to N, divided by N - BASE, so that fixed
-# costs and warm-up are left out. Kernel socket buffers are not in RSS. See bench/README.md.
+# proxying to the fast upstream. Each proxy gets connections that served one request and then
+# stay open and idle (bench/idlelab.py holds them); the figure is the growth of the proxy's RSS
+# (VmRSS of its whole process tree) from BASE held connections to N, divided by N - BASE, so
+# that fixed costs and warm-up are left out. Kernel socket buffers are not in RSS. See bench/README.md.
 #
 # Environment: COUNTS (default "10000 50000"), BASE (default 1000), RIVER=path to the binary.
 # The script raises the soft open-files limit to the hard one. A count one process cannot hold
@@ -155,7 +155,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 LIMIT=$(ulimit -n)
 echo "open files limit: $LIMIT" >&2
 
-declare -A RESULT AT PROCS
+declare -A RESULT AT
 for count in $COUNTS; do
     for name in River nginx HAProxy; do
         n=$count procs=1
@@ -171,7 +171,6 @@ for count in $COUNTS; do
             procs=$(((n * 5 / 4 + LIMIT - 1001) / (LIMIT - 1000)))
             AT[$name-$count]="$procs workers"
         fi
-        PROCS[$name-$count]=$procs
         if [ "$n" -le "$BASE" ]; then
             RESULT[$name-$count]="-"
             AT[$name-$count]="skipped: the open-files limit is $LIMIT"
@@ -203,7 +202,8 @@ echo "| idle connections | River KiB / conn | nginx KiB / conn | HAProxy KiB / c
 echo "|---:|---:|---:|---:|---:|"
 for count in $COUNTS; do
     ratio_cell="-"
-    if [ "${PROCS[River-$count]}" = "${PROCS[nginx-$count]}" ] && [ "${RESULT[River-$count]}" != "-" ]; then
+    # River and nginx always run with the same number of workers.
+    if [ "${RESULT[River-$count]}" != "-" ] && [ "${RESULT[nginx-$count]}" != "-" ]; then
         ratio_cell=$(ratio "${RESULT[River-$count]}" "${RESULT[nginx-$count]}")
     fi
     echo "| $count | **$(cell River "$count")** | $(cell nginx "$count") | $(cell HAProxy "$count") | $ratio_cell |"

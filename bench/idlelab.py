@@ -14,6 +14,7 @@ that more than one process's open-files limit can be held.
 import os
 import socket
 import sys
+import traceback
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 PER_PROCESS = 15000
@@ -68,14 +69,14 @@ def main():
         pid = os.fork()
         if pid == 0:
             os.close(ready_r)
-            code = 1
             try:
                 held = hold(port, share, first)
                 os.write(ready_w, b"ok")
-                sys.stdin.read()  # until stdin closes
-                code = 0 if held else 1
-            finally:
-                os._exit(code)
+                sys.stdin.read()  # until stdin closes, holding `held`
+                os._exit(0)
+            except BaseException:
+                traceback.print_exc()
+                os._exit(1)
         os.close(ready_w)
         children.append((pid, ready_r))
         first += share
