@@ -128,6 +128,12 @@ kv() { # KEY LINE: value of key=value in LINE
     tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"
 }
 
+# river_log_tail DIR PATTERN: the last River log lines matching PATTERN, with a case's raw
+# figures on stderr.
+river_log_tail() {
+    grep -E "$2" "$1/river.log" | sed 's/^/     river.log: /' | tail -5 >&2 || true
+}
+
 declare -A E_CUT E_LOST E_DIS E_SENT E_OPEN E_PEAKP E_PEAKR E_GONE E_NEVER E_LAST E_BASE
 declare -A D_OK D_FAIL D_REFUSED D_GONE D_ERR D_SECS
 declare -A A_REQ A_FAIL A_SOCK A_NON2XX A_SIGS A_GENS B_MED B_MAX B_ERR C_PEAKP C_PEAKR C_ENDP C_ENDR C_LONG C_CUT
@@ -189,7 +195,7 @@ if [[ $ONLY == *c* ]]; then
         C_LONG[$name]=$(kv long_requests "$res") C_CUT[$name]=$(kv long_ended_early "$res")
         echo "  c. $name: $res" >&2
         if [ "$name" = River ]; then
-            grep -E "killed|limit|oldest|drain" "$dir/river.log" | sed 's/^/     river.log: /' | tail -5 >&2 || true
+            river_log_tail "$dir" "killed|limit|oldest|drain"
         fi
         kill_tree "$PROXY_PID"
     done
@@ -255,7 +261,7 @@ if [[ $ONLY == *e* ]]; then
         E_LAST[$name]=$(kv gone_last_s "$res") E_BASE[$name]=$(kv base_procs "$res")
         echo "  e. $name: $res" >&2
         if [ "$name" = River ]; then
-            grep -E "aborted|refused|cannot" "$dir/river.log" | sed 's/^/     river.log: /' | tail -5 >&2 || true
+            river_log_tail "$dir" "aborted|refused|cannot"
         fi
         kill_tree "$PROXY_PID"
     done
