@@ -25,6 +25,7 @@ pub const SLOT: Duration = Duration::from_millis(250);
 /// Slots on the ring: a deadline further away than this many slots wakes
 /// its connection once per turn of the ring, which re-checks and waits on.
 const RING: usize = 256;
+const SLOT_NANOS: u64 = SLOT.as_nanos() as u64;
 
 /// The wake-ups of one service's connections waiting for a request head.
 pub struct Alarm {
@@ -73,14 +74,20 @@ impl Alarm {
     /// The first slot that starts at or after `at`: it is woken no earlier
     /// than `at`.
     fn slot_of(&self, at: Instant) -> usize {
-        let since = at.saturating_duration_since(self.epoch);
-        since.as_nanos().div_ceil(SLOT.as_nanos()) as usize
+        self.nanos_since_epoch(at).div_ceil(SLOT_NANOS) as usize
     }
 
     /// The last slot whose start has passed at `now`.
     fn slot_passed(&self, now: Instant) -> usize {
-        let since = now.saturating_duration_since(self.epoch);
-        (since.as_nanos() / SLOT.as_nanos()) as usize
+        (self.nanos_since_epoch(now) / SLOT_NANOS) as usize
+    }
+
+    /// In u64 (584 years), so that `slot_of`, once per head read, divides
+    /// by a constant the compiler turns into a multiplication, where u128
+    /// nanoseconds would call a division routine.
+    fn nanos_since_epoch(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.epoch).as_nanos();
+        u64::try_from(since).unwrap_or(u64::MAX)
     }
 }
 
