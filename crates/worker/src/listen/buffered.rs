@@ -24,12 +24,12 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::listen::socket::Socket;
 
-/// Buffers writes up to `capacity`; see the module documentation.
-#[derive(Debug)]
+/// Buffers writes up to [`CAPACITY`]; see the module documentation.
 ///
 /// Every idle connection holds one, so it holds only the socket and an empty
 /// `Vec` (72 bytes): the capacity is a constant, and the peer's address is
 /// asked of the kernel when a digest is made.
+#[derive(Debug)]
 pub struct WriteBuffered<W = Socket> {
     io: W,
     buf: Vec<u8>,
@@ -38,15 +38,9 @@ pub struct WriteBuffered<W = Socket> {
 /// pingora's default write buffer.
 const CAPACITY: usize = DEFAULT_L4_WRITE_BUFFER_SIZE;
 
-impl WriteBuffered {
-    /// A downstream socket with pingora's default write buffer.
-    pub fn new(stream: Socket) -> Self {
-        WriteBuffered::wrap(stream)
-    }
-}
-
 impl<W: AsyncWrite + Unpin> WriteBuffered<W> {
-    fn wrap(io: W) -> Self {
+    /// A downstream socket with pingora's default write buffer.
+    pub fn new(io: W) -> Self {
         WriteBuffered {
             io,
             // Allocated by the first write: an idle connection holds none.
@@ -265,7 +259,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_connection_holds_no_write_buffer() {
-        let mut w = WriteBuffered::wrap(Recorder::default());
+        let mut w = WriteBuffered::new(Recorder::default());
         assert_eq!(
             w.buf.capacity(),
             0,
@@ -280,7 +274,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_header_and_a_body_larger_than_the_buffer_leave_in_one_write() {
-        let mut w = WriteBuffered::wrap(Recorder::default());
+        let mut w = WriteBuffered::new(Recorder::default());
         let header = b"HTTP/1.1 200 OK\r\nContent-Length: 4096\r\n\r\n";
         let body = vec![b'b'; 4096];
         w.write_all(header).await.unwrap();
@@ -300,7 +294,7 @@ mod tests {
                     stall,
                     ..Recorder::default()
                 };
-                let mut w = WriteBuffered::wrap(io);
+                let mut w = WriteBuffered::new(io);
                 let mut expected = Vec::new();
                 for (i, len) in [10, 3000, 1, 1460, 0, 200, 1300, 9000, 5]
                     .iter()
