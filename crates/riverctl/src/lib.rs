@@ -276,13 +276,15 @@ fn render_generations(out: &mut String, generations: &[river_ipc::GenerationStat
         if let Some(secs) = generation.drain_deadline_secs {
             *out += &format!(" (killed in {secs} s)");
         }
+        *out += "\n";
+        // On a line of its own: the state stays the generation line's third
+        // word, which scripts read (`awk '$3 == "serving"'`).
         if generation.handed_over_in > 0 || generation.handed_over_out > 0 {
             *out += &format!(
-                "; connections handed over: {} in, {} out",
+                "  connections handed over: {} in, {} out\n",
                 generation.handed_over_in, generation.handed_over_out
             );
         }
-        *out += "\n";
         for worker in &generation.workers {
             *out += &format!(
                 "  worker pid {:<8} rss {:>8.1} MiB  connections {}\n",
@@ -411,6 +413,42 @@ mod tests {
             reloaded_line(3, 2, 11, None, None),
             "reloaded: generation 3 serving (2 workers, 11 ms)"
         );
+    }
+
+    #[test]
+    fn a_generation_line_keeps_its_state_as_the_third_word() {
+        let generation = |state, handed_over_in, drain_deadline_secs| river_ipc::GenerationStatus {
+            generation: 2,
+            state,
+            workers: vec![river_ipc::WorkerStatus {
+                pid: 41,
+                rss_bytes: 1 << 20,
+                connections: 3,
+            }],
+            drain_deadline_secs,
+            discovery: Vec::new(),
+            handed_over_in,
+            handed_over_out: 0,
+        };
+        let mut out = String::new();
+        render_generations(
+            &mut out,
+            &[
+                generation(GenerationState::Serving, 1, None),
+                generation(GenerationState::Draining, 0, Some(9)),
+            ],
+        );
+        let states: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("generation "))
+            .filter_map(|l| l.split_whitespace().nth(2))
+            .collect();
+        assert_eq!(states, ["serving", "draining"], "{out}");
+        assert!(
+            out.contains("\n  connections handed over: 1 in, 0 out\n"),
+            "{out}"
+        );
+        assert_eq!(out.matches("  worker pid 41 ").count(), 2, "{out}");
     }
 
     #[test]
